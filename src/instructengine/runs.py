@@ -129,7 +129,10 @@ class Ledger:
     def add(self, key: str, **fields: Any) -> None:
         rec = {"key": str(key), **fields}
         if self._fh is None:
+            torn = self.path.exists() and self.path.stat().st_size > 0 and not self.path.read_bytes().endswith(b"\n")
             self._fh = open(self.path, "a", encoding="utf-8")
+            if torn:  # finish the torn line of a crashed writer so the next record starts clean
+                self._fh.write("\n")
         self._fh.write(json.dumps(rec, default=str) + "\n")
         self._fh.flush()
         os.fsync(self._fh.fileno())

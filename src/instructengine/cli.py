@@ -1,0 +1,55 @@
+"""The ``instructengine`` command line: one typer app; every subcommand is a thin call into a stage.
+
+Sub-apps live beside the library code they call (``instructengine.<stage>.cli``) and are mounted
+here. ``main(argv)`` runs in-process for tests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from instructengine.humaneval.cli import app as review_app
+from instructengine.pipeline_cli import app as data_app
+from instructengine.shapes.cli import app as shapes_app
+
+app = typer.Typer(
+    help="InstructEngine: instruction-driven text-to-image alignment (taxonomy -> preference data -> "
+    "cross-validation DPO -> evaluation).",
+    no_args_is_help=True,
+)
+app.add_typer(shapes_app, name="shapes")
+app.add_typer(data_app, name="data")
+app.add_typer(review_app, name="review")
+
+
+@app.command()
+def run(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (MainJobConfig)"),
+        overrides: Optional[List[str]] = typer.Argument(None, help="dotted overrides key.sub=value")) -> None:
+    """The main job on the embedded default: ShapesWorld end to end, offline, on CPU."""
+    from instructengine.config import ConfigError, load_config
+    from instructengine.workflow import MainJobConfig, run_main_job
+
+    try:
+        cfg = load_config(MainJobConfig, config, overrides or [])
+    except ConfigError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(str(run_main_job(cfg, log=typer.echo)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code (``argv=None`` reads sys.argv)."""
+    try:
+        result = app(args=argv, standalone_mode=False)
+    except typer.Exit as e:
+        return int(e.exit_code)
+    except SystemExit as e:
+        return int(e.code or 0)
+    return int(result or 0) if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
