@@ -1,0 +1,224 @@
+"""Database of review studies: SQLAlchemy models and an engine factory (SQLite WAL by default).
+
+Tables: a study has systems, items (prompt, seed), the registered images (one per system and
+item, by absolute path), comparisons (an item and two systems), annotators (secret tokens are
+stored only as SHA-256 hashes) and tasks (one annotator's view of a comparison: its position in
+that annotator's queue and which system is on the left). ``votes`` holds the current vote of a
+task (at most one: ``task_id`` is unique, so a repeated submission cannot double a vote);
+``undone_votes`` archives votes taken back with undo; ``flags`` holds broken/unsafe reports.
+
+SQLite connections run in WAL mode with a busy timeout; write transactions start with
+``BEGIN IMMEDIATE`` so concurrent writers queue on the lock instead of failing on upgrade.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Engine,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+__all__ = [
+    "Annotator",
+    "Base",
+    "Comparison",
+    "Flag",
+    "Image",
+    "Item",
+    "Study",
+    "System",
+    "Task",
+    "UndoneVote",
+    "Vote",
+    "hash_token",
+    "make_engine",
+    "make_sessions",
+    "utcnow",
+]
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def hash_token(token: str) -> str:
+    """Tokens are stored hashed: a leaked database does not hand out working links."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Study(Base):
+    __tablename__ = "studies"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    admin_token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    criteria: Mapped[list] = mapped_column(JSON)
+    instructions: Mapped[str] = mapped_column(Text, default="")
+    config: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class System(Base):
+    __tablename__ = "systems"
+    __table_args__ = (UniqueConstraint("study_id", "name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    position: Mapped[int] = mapped_column(Integer)
+    run_path: Mapped[str] = mapped_column(Text)
+    generation: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
+class Item(Base):
+    __tablename__ = "items"
+    __table_args__ = (UniqueConstraint("study_id", "prompt_index", "seed"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    prompt_index: Mapped[int] = mapped_column(Integer)
+    seed: Mapped[int] = mapped_column(Integer)
+    prompt: Mapped[str] = mapped_column(Text)
+    category: Mapped[str] = mapped_column(String(200), default="")
+
+
+class Image(Base):
+    """A registered image file: the only files the app ever reads from disk."""
+
+    __tablename__ = "images"
+    __table_args__ = (UniqueConstraint("system_id", "item_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    system_id: Mapped[int] = mapped_column(ForeignKey("systems.id"), index=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id"), index=True)
+    path: Mapped[str] = mapped_column(Text)
+    media_type: Mapped[str] = mapped_column(String(40), default="image/png")
+
+
+class Comparison(Base):
+    __tablename__ = "comparisons"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id"))
+    system_a_id: Mapped[int] = mapped_column(ForeignKey("systems.id"))
+    system_b_id: Mapped[int] = mapped_column(ForeignKey("systems.id"))
+
+
+class Annotator(Base):
+    __tablename__ = "annotators"
+    __table_args__ = (UniqueConstraint("study_id", "name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class Task(Base):
+    """One annotator's view of one comparison: queue position and side assignment."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        UniqueConstraint("annotator_id", "position"),
+        UniqueConstraint("annotator_id", "comparison_id"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    annotator_id: Mapped[int] = mapped_column(ForeignKey("annotators.id"), index=True)
+    comparison_id: Mapped[int] = mapped_column(ForeignKey("comparisons.id"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    a_on_left: Mapped[bool] = mapped_column(Boolean)
+
+
+class Vote(Base):
+    __tablename__ = "votes"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"), unique=True)
+    annotator_id: Mapped[int] = mapped_column(ForeignKey("annotators.id"), index=True)
+    choice: Mapped[str] = mapped_column(String(16))
+    criteria: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class UndoneVote(Base):
+    __tablename__ = "undone_votes"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"), index=True)
+    annotator_id: Mapped[int] = mapped_column(ForeignKey("annotators.id"), index=True)
+    choice: Mapped[str] = mapped_column(String(16))
+    criteria: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    undone_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Flag(Base):
+    __tablename__ = "flags"
+    __table_args__ = (UniqueConstraint("task_id", "side", "reason"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"), index=True)
+    annotator_id: Mapped[int] = mapped_column(ForeignKey("annotators.id"), index=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), index=True)
+    side: Mapped[str] = mapped_column(String(8))
+    reason: Mapped[str] = mapped_column(String(16))
+    note: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+Index("ix_votes_annotator_created", Vote.annotator_id, Vote.id)
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine for ``url``; SQLite gets WAL, a busy timeout, foreign keys, and IMMEDIATE writes.
+
+    Writes go through ``engine.execution_options(sqlite_immediate=True)`` (see :func:`make_sessions`):
+    in WAL mode a deferred transaction that reads and then writes fails at once with "database is
+    locked" when another writer committed in between; ``BEGIN IMMEDIATE`` takes the write lock
+    first and waits (busy timeout) instead.
+    """
+    is_sqlite = url.startswith("sqlite")
+    if is_sqlite:
+        kwargs.setdefault("connect_args", {"timeout": 30, "check_same_thread": False})
+        if ":memory:" not in url and url not in ("sqlite://", "sqlite:///"):
+            kwargs.setdefault("pool_size", 32)
+            kwargs.setdefault("max_overflow", 16)
+    engine = create_engine(url, **kwargs)
+    if is_sqlite:
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn, _record):  # pragma: no cover - exercised through every test
+            dbapi_conn.isolation_level = None  # we emit BEGIN ourselves
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn):  # pragma: no cover
+            if conn.get_execution_options().get("sqlite_immediate"):
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            else:
+                conn.exec_driver_sql("BEGIN")
+
+    return engine
+
+
+def make_sessions(engine: Engine) -> tuple[sessionmaker, sessionmaker]:
+    """(read sessions, write sessions); write sessions take the SQLite write lock up front."""
+    reader = sessionmaker(bind=engine, expire_on_commit=False)
+    writer = sessionmaker(bind=engine.execution_options(sqlite_immediate=True), expire_on_commit=False)
+    return reader, writer
