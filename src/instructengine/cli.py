@@ -14,6 +14,7 @@ import typer
 from instructengine.humaneval.cli import app as review_app
 from instructengine.pipeline_cli import app as data_app
 from instructengine.shapes.cli import app as shapes_app
+from instructengine.train.cli import app as train_app
 
 app = typer.Typer(
     help="InstructEngine: instruction-driven text-to-image alignment (taxonomy -> preference data -> "
@@ -22,6 +23,7 @@ app = typer.Typer(
 )
 app.add_typer(shapes_app, name="shapes")
 app.add_typer(data_app, name="data")
+app.add_typer(train_app, name="train")
 app.add_typer(review_app, name="review")
 
 

@@ -75,7 +75,7 @@ def test_resolved_config_round_trips_and_hash_is_stable(tmp_path):
 
 
 def _config_class(path: Path):
-    header = "".join(line for line in path.read_text().splitlines(keepends=True) if line.startswith("#"))
+    header = " ".join(line.lstrip("#").strip() for line in path.read_text().splitlines() if line.startswith("#"))
     m = re.search(r"class: ([\w.]+)\)?", header)
     assert m, f"{path.name}: the header comment must name its config class as '(class: module.Class)'"
     module, name = m.group(1).rsplit(".", 1)

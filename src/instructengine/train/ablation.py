@@ -1,0 +1,444 @@
+"""The ablation runner: train every arm with every seed, evaluate, and write a table with 95% CIs.
+
+Protocol (``configs/ablation_shapes.yaml`` is the paper's Table 2 in miniature on ShapesWorld):
+
+1. **Selection** (optional, ``selection``): for every trained arm, each hyper-parameter candidate
+   of ``selection.grid`` is trained with ``selection.train_seed`` and evaluated on a *validation*
+   prompt set at each stopping point of ``selection.steps`` (one run extended step by step: resume
+   is exact, so the run stopped at 200 is the run to 400 seen at 200). The candidate and stopping
+   point with the best ``selection.metric`` are kept. The test benchmark is never used to choose.
+2. **Final runs**: each arm with its chosen settings, once per seed of ``seeds``; the base arm
+   (``method: null``) is evaluated as is.
+3. **Evaluation**: ``evaluator`` ('module:function') is called as
+   ``evaluator(model_dir=..., name=..., run_dir=..., prompts=..., seeds=..., **evaluator_kwargs)``
+   and returns one row per generated image with ``prompt_index``, ``seed`` (image seed, the same
+   for every arm: paired) and metric columns (1/0, NaN = not applicable). The default evaluates a
+   ShapesWorld pipeline folder with the ShapesWorld oracle (:func:`shapes_evaluator`).
+4. **Table**: per arm the mean of each metric over seeds and images, a 95% interval from a
+   two-level bootstrap (training seeds, then prompts; prompts paired across arms), and the
+   difference from the base arm with its own paired interval. Written to
+   ``<run_dir>/ablation/<name>/table.md`` and ``summary.json`` with the wall time it took.
+
+Every step is resumable: finished training runs are skipped (or extended), evaluations already on
+disk are reused.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+from pydantic import Field, model_validator
+
+from instructengine.config import Config, apply_overrides, validate_config
+from instructengine.runs import atomic_write_json, atomic_write_parquet, atomic_write_text
+
+__all__ = [
+    "AblationConfig",
+    "Arm",
+    "Selection",
+    "export_pipeline",
+    "paired_bootstrap",
+    "random_pick_samples",
+    "run_ablation",
+    "shapes_evaluator",
+    "summarize_arms",
+]
+
+log = logging.getLogger(__name__)
+
+KEY_COLUMNS = ("prompt_index", "seed")
+
+
+class Arm(Config):
+    """One row of the table."""
+
+    name: str = Field(..., description="row label and output folder name")
+    method: str | None = Field(..., description="training method (see `instructengine train methods`); null: the base model")
+    overrides: list[str] = Field(default_factory=list, description="dotted overrides of the shared `train` config for this arm")
+
+
+class Selection(Config):
+    """Choice of hyper-parameters and stopping on a validation prompt set (never the test set)."""
+
+    prompts: str = Field(
+        "shapesbench-val",
+        description="validation prompts: 'shapesbench-val' (ShapesBench's generator with another seed, test prompts "
+        "removed) or a CSV with prompt[,category]",
+    )
+    seeds: list[int] = Field(default_factory=lambda: [100, 101], min_length=1, description="image seeds per prompt")
+    steps: list[int] = Field(default_factory=lambda: [100, 200, 400], min_length=1,
+                             description="stopping points evaluated (optimizer steps)")
+    grid: list[list[str]] = Field(
+        default_factory=lambda: [[]], min_length=1,
+        description="hyper-parameter candidates, each a list of dotted overrides applied to every trained arm",
+    )
+    metric: str = Field("exact", description="validation metric to maximise")
+    train_seed: int = Field(0, description="training seed of the selection runs")
+
+
+class AblationConfig(Config):
+    """An ablation: shared training config, arms, seeds, selection, evaluator."""
+
+    name: str = Field("shapes_table2", description="ablation name (folder <run_dir>/ablation/<name>)")
+    run_dir: str = Field("runs/ablation_shapes", description="run folder")
+    train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig fields shared by every arm")
+    arms: list[Arm] = Field(..., min_length=1, description="the rows of the table")
+    base_arm: str = Field("base", description="arm the differences are taken against")
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1, description="training seeds of the final runs")
+    selection: Selection | None = Field(None, description="hyper-parameter/stopping selection; null: use the config as is")
+    evaluator: str = Field("instructengine.train.ablation:shapes_evaluator", description="'module:function' (see module doc)")
+    evaluator_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments of the evaluator")
+    test_prompts: str = Field("shapesbench", description="test prompt set passed to the evaluator")
+    test_seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1, description="image seeds per test prompt")
+    metrics: list[str] | None = Field(None, description="metric columns in the table (None: every metric column)")
+    bootstrap: int = Field(2000, ge=100, description="bootstrap resamples of the intervals")
+
+    @model_validator(mode="after")
+    def _arms_are_valid(self) -> "AblationConfig":
+        names = [a.name for a in self.arms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"arm names must be unique, got {names}")
+        if self.base_arm not in names:
+            raise ValueError(f"base_arm {self.base_arm!r} is not one of the arms {names}")
+        for arm in self.arms:
+            if arm.method is not None:
+                arm_train_config(self, arm, self.seeds[0])  # raises naming the arm
+        return self
+
+
+def arm_train_config(cfg: AblationConfig, arm: Arm, seed: int, extra: list[str] = (), tag: str = "") -> Any:
+    """The validated TrainConfig of one arm and seed (``extra`` overrides win, e.g. selection choices)."""
+    from instructengine.config import ConfigError
+    from instructengine.train.config import TrainConfig
+
+    overrides = [f"method={arm.method}", *arm.overrides, *extra, f"seed={seed}",
+                 f"run_dir={Path(cfg.run_dir) / 'ablation' / cfg.name}", f"name={arm.name}{tag}-seed{seed}"]
+    try:
+        return validate_config(TrainConfig, apply_overrides(cfg.train, overrides), f"arm {arm.name!r}")
+    except ConfigError as err:
+        raise ValueError(str(err)) from None
+
+
+# ----------------------------------------------------------------------------------------------
+# exporting a trained U-Net as a full pipeline folder
+# ----------------------------------------------------------------------------------------------
+
+
+def export_pipeline(base_dir: str | Path, final_path: Path, lora: bool, out_dir: Path) -> Path:
+    """A pipeline folder = the base model's components (linked) + the trained U-Net (LoRA fused in).
+
+    Raises:
+        FileNotFoundError: the base folder is not a local diffusers folder.
+    """
+    from diffusers import UNet2DConditionModel
+
+    base = Path(base_dir)
+    if not (base / "unet").is_dir():
+        raise FileNotFoundError(f"{base} is not a local diffusers folder with a unet/ (needed to export)")
+    if (out_dir / "unet" / "config.json").is_file():
+        return out_dir
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for entry in base.iterdir():
+        if entry.name != "unet":
+            os.symlink(entry.resolve(), tmp / entry.name)
+    if lora:
+        unet = UNet2DConditionModel.from_pretrained(base / "unet")
+        unet.load_lora_adapter(str(final_path.parent), weight_name=final_path.name, prefix="unet")
+        unet.fuse_lora()
+        unet.unload_lora()
+        unet.save_pretrained(tmp / "unet")
+    else:
+        shutil.copytree(final_path, tmp / "unet")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    return out_dir
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluation
+# ----------------------------------------------------------------------------------------------
+
+
+def validation_prompts(out: Path, seed: int = 7) -> Path:
+    """ShapesBench's generator with another seed, minus the test prompts: a validation CSV."""
+    from instructengine.shapes.bench import generate_shapesbench, load_shapesbench
+
+    test = set(load_shapesbench().prompt)
+    df = generate_shapesbench(seed)
+    df = df[~df.prompt.isin(test)].reset_index(drop=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, df.to_csv(index=False))
+    return out
+
+
+def shapes_evaluator(model_dir: Path, name: str, run_dir: Path, prompts: str, seeds: list[int],
+                     **kwargs: Any) -> pd.DataFrame:
+    """Sample a ShapesWorld pipeline folder on a prompt set and judge it with the oracle (resumable)."""
+    from instructengine.shapes.evaluate import ShapesEvalConfig, evaluate_shapes
+
+    cfg = ShapesEvalConfig(model_name=name, model_path=Path(model_dir), benchmark=prompts, seeds=list(seeds), **kwargs)
+    folder = evaluate_shapes(cfg, run_dir, progress=False)
+    return pd.read_parquet(Path(folder) / "scores.parquet")
+
+
+def _load_callable(spec: str) -> Callable[..., pd.DataFrame]:
+    import importlib
+
+    if ":" not in spec:
+        raise ValueError(f"evaluator {spec!r} must be 'package.module:function'")
+    module, fn = spec.split(":", 1)
+    try:
+        return getattr(importlib.import_module(module), fn)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"evaluator {spec!r} cannot be imported: {err}") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# statistics
+# ----------------------------------------------------------------------------------------------
+
+
+def _per_prompt(scores: list[pd.DataFrame], metric: str, prompts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(seeds x prompts) sums and counts of a metric (NaN rows are not applicable and not counted)."""
+    sums = np.zeros((len(scores), len(prompts)))
+    counts = np.zeros((len(scores), len(prompts)))
+    pos = {p: i for i, p in enumerate(prompts)}
+    for s, df in enumerate(scores):
+        d = df[["prompt_index", metric]].dropna()
+        idx = d.prompt_index.map(pos).to_numpy()
+        np.add.at(sums[s], idx, d[metric].to_numpy(dtype=float))
+        np.add.at(counts[s], idx, 1)
+    return sums, counts
+
+
+def paired_bootstrap(arm: tuple[np.ndarray, np.ndarray], base: tuple[np.ndarray, np.ndarray] | None,
+                     n: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Mean and 95% interval of an arm's metric (and of arm - base) by a two-level bootstrap.
+
+    Each resample draws training seeds with replacement (the arm's rows), then prompts with
+    replacement -- the SAME prompts for the arm and the base (paired).
+    """
+    sums, counts = arm
+    rng = np.random.default_rng(seed)
+    n_seeds, n_prompts = sums.shape
+    mean = sums.sum() / max(counts.sum(), 1)
+    stats, diffs = np.empty(n), np.empty(n)
+    base_mean = None
+    if base is not None:
+        base_mean = base[0].sum() / max(base[1].sum(), 1)
+    for b in range(n):
+        rows = rng.integers(0, n_seeds, n_seeds)
+        cols = rng.integers(0, n_prompts, n_prompts)
+        s, c = sums[rows][:, cols].sum(), counts[rows][:, cols].sum()
+        stats[b] = s / max(c, 1)
+        if base is not None:
+            brows = rng.integers(0, base[0].shape[0], base[0].shape[0])
+            bs, bc = base[0][brows][:, cols].sum(), base[1][brows][:, cols].sum()
+            diffs[b] = stats[b] - bs / max(bc, 1)
+    out = {"mean": float(mean), "ci95": [float(x) for x in np.percentile(stats, [2.5, 97.5])],
+           "n": int(counts.sum())}
+    if base is not None:
+        out["diff"] = float(mean - base_mean)
+        out["diff_ci95"] = [float(x) for x in np.percentile(diffs, [2.5, 97.5])]
+    return out
+
+
+def summarize_arms(scores: dict[str, list[pd.DataFrame]], base_arm: str, metrics: list[str] | None = None,
+                   n_boot: int = 2000) -> dict[str, dict[str, Any]]:
+    """Per arm and metric: mean, 95% CI, and the paired difference from ``base_arm``."""
+    every = pd.concat([df for dfs in scores.values() for df in dfs])
+    metrics = metrics or [c for c in every.columns if c not in KEY_COLUMNS and every[c].dtype.kind in "fiub"]
+    prompts = np.unique(every.prompt_index.to_numpy())
+    out: dict[str, dict[str, Any]] = {}
+    for arm, dfs in scores.items():
+        out[arm] = {}
+        for m in metrics:
+            arm_pp = _per_prompt(dfs, m, prompts)
+            if arm_pp[1].sum() == 0:
+                continue
+            base_pp = None if arm == base_arm else _per_prompt(scores[base_arm], m, prompts)
+            out[arm][m] = paired_bootstrap(arm_pp, base_pp, n_boot)
+            out[arm][m]["binary"] = bool(every[m].dropna().isin([0, 1]).all())
+    return out
+
+
+def _fmt(entry: dict[str, Any] | None, key: str = "mean", ci: str | None = "ci95") -> str:
+    """Binary metrics in percent (1 decimal), others as is (3 decimals); '+' on positive differences."""
+    if not entry or key not in entry:
+        return "-"
+    scale, digits = (100.0, 1) if entry.get("binary", True) else (1.0, 3)
+    sign = "+" if key == "diff" and entry[key] > 0 else ""
+    text = f"{sign}{scale * entry[key]:.{digits}f}"
+    if ci:
+        lo, hi = entry[ci]
+        text += f" [{scale * lo:.{digits}f}, {scale * hi:.{digits}f}]"
+    return text
+
+
+def format_table(summary: dict[str, dict[str, Any]], arms: list[Arm], base_arm: str, main_metric: str = "exact") -> str:
+    metrics = [m for m in next(iter(summary.values())) if m != main_metric]
+    head = ["arm", "method", f"{main_metric} (95% CI)", f"diff vs {base_arm} (95% CI)", *metrics]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for arm in arms:
+        s = summary.get(arm.name, {})
+        row = [arm.name, arm.method or "-", _fmt(s.get(main_metric)),
+               _fmt(s.get(main_metric), "diff", "diff_ci95") if arm.name != base_arm else "-"]
+        row += [_fmt(s.get(m), ci=None) for m in metrics]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------
+# the runner
+# ----------------------------------------------------------------------------------------------
+
+
+def _evaluate(cfg: AblationConfig, evaluator: Callable[..., pd.DataFrame], model_dir: Path, name: str,
+              prompts: str, seeds: list[int], root: Path) -> pd.DataFrame:
+    cache = root / "scores" / f"{name}.parquet"
+    if cache.is_file():
+        return pd.read_parquet(cache)
+    df = evaluator(model_dir=model_dir, name=name, run_dir=root, prompts=prompts, seeds=seeds, **cfg.evaluator_kwargs)
+    missing = [c for c in KEY_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"evaluator {cfg.evaluator!r} returned no {missing} column(s); see instructengine.train.ablation")
+    atomic_write_parquet(cache, df)
+    return df
+
+
+def _trained_model(cfg: AblationConfig, tcfg: Any, root: Path) -> tuple[Path, float]:
+    from instructengine.train.trainer import run_training
+
+    t0 = time.perf_counter()
+    result = run_training(tcfg)
+    seconds = time.perf_counter() - t0
+    export = root / "exports" / f"{tcfg.output_name}-step{result.steps}"
+    return export_pipeline(tcfg.model.path, result.final_path, tcfg.lora.enabled, export), seconds
+
+
+def _train_and_evaluate(cfg: AblationConfig, evaluator: Callable[..., pd.DataFrame], tcfg: Any, root: Path,
+                        eval_name: str, prompts: str, seeds: list[int]) -> tuple[pd.DataFrame, float]:
+    """Scores of a trained model; skips training when its scores are already on disk (a selection run
+    extended past this stopping point cannot be stopped earlier again)."""
+    cache = root / "scores" / f"{eval_name}.parquet"
+    if cache.is_file():
+        return pd.read_parquet(cache), 0.0
+    model_dir, seconds = _trained_model(cfg, tcfg, root)
+    return _evaluate(cfg, evaluator, model_dir, eval_name, prompts, seeds, root), seconds
+
+
+def _select(cfg: AblationConfig, arm: Arm, evaluator: Callable[..., pd.DataFrame], root: Path,
+            log_rows: list[dict[str, Any]]) -> list[str]:
+    sel = cfg.selection
+    assert sel is not None
+    prompts = sel.prompts
+    if prompts == "shapesbench-val":
+        prompts = str(validation_prompts(root / "validation_prompts.csv"))
+    best: tuple[float, list[str]] | None = None
+    for g, grid in enumerate(sel.grid):
+        for steps in sorted(sel.steps):
+            extra = [*grid, f"max_steps={steps}"]
+            tcfg = arm_train_config(cfg, arm, sel.train_seed, extra, tag=f"-sel{g}")
+            scores, seconds = _train_and_evaluate(cfg, evaluator, tcfg, root, f"val-{tcfg.output_name}-step{steps}",
+                                                  prompts, sel.seeds)
+            value = float(scores[sel.metric].mean())
+            log_rows.append({"arm": arm.name, "grid": g, "overrides": grid, "steps": steps, sel.metric: value,
+                             "train_s": round(seconds, 1)})
+            log.info("selection %s grid %d step %d: %s=%.4f", arm.name, g, steps, sel.metric, value)
+            if best is None or value > best[0]:
+                best = (value, extra)
+    assert best is not None
+    return best[1]
+
+
+def run_ablation(cfg: AblationConfig) -> Path:
+    """Run (or resume) the whole ablation; returns the path of ``table.md``."""
+    t_start = time.perf_counter()
+    root = Path(cfg.run_dir) / "ablation" / cfg.name
+    root.mkdir(parents=True, exist_ok=True)
+    from instructengine.config import save_resolved
+
+    save_resolved(cfg, root / "config.yaml")
+    evaluator = _load_callable(cfg.evaluator)
+    scores: dict[str, list[pd.DataFrame]] = {}
+    timings: dict[str, float] = {}
+    selection_log: list[dict[str, Any]] = []
+    chosen: dict[str, list[str]] = {}
+    for arm in cfg.arms:
+        if arm.method is None:
+            base_dir = Path(apply_overrides(cfg.train, arm.overrides).get("model", {}).get("path", ""))
+            scores[arm.name] = [_evaluate(cfg, evaluator, base_dir, arm.name, cfg.test_prompts, cfg.test_seeds, root)]
+            continue
+        extra = _select(cfg, arm, evaluator, root, selection_log) if cfg.selection else []
+        chosen[arm.name] = extra
+        scores[arm.name] = []
+        for seed in cfg.seeds:
+            tcfg = arm_train_config(cfg, arm, seed, extra)
+            df, seconds = _train_and_evaluate(cfg, evaluator, tcfg, root, f"{arm.name}-seed{seed}", cfg.test_prompts,
+                                              cfg.test_seeds)
+            timings[f"{arm.name}-seed{seed}"] = round(seconds, 1)
+            scores[arm.name].append(df)
+    summary = summarize_arms(scores, cfg.base_arm, cfg.metrics, cfg.bootstrap)
+    wall = time.perf_counter() - t_start
+    main_metric = "exact" if all("exact" in s for s in summary.values()) else next(iter(next(iter(summary.values()))))
+    table = format_table(summary, cfg.arms, cfg.base_arm, main_metric)
+    note = (f"\n{len(cfg.seeds)} training seeds per trained arm; test prompts {cfg.test_prompts!r} x image seeds "
+            f"{cfg.test_seeds}; 95% intervals: two-level bootstrap (seeds, prompts; paired with {cfg.base_arm!r}), "
+            f"{cfg.bootstrap} resamples. Wall time of this invocation: {wall / 60:.1f} min.\n")
+    atomic_write_json(root / "summary.json", {"summary": summary, "chosen": chosen, "selection": selection_log,
+                                              "train_seconds": timings, "wall_seconds": round(wall, 1)})
+    return atomic_write_text(root / "table.md", table + note)
+
+
+def random_pick_samples(samples_dir: str | Path, candidates: str | Path, out_dir: str | Path, seed: int = 0,
+                        prompt_column: str = "prompt", image_column: str = "image") -> Path:
+    """The "random image pick" ablation's data: the same samples with y1/y2 drawn at random among
+    each instruction's candidates instead of the best-of-N pick.
+
+    ``candidates`` is a table (parquet) with one row per generated image, its instruction in
+    ``prompt_column`` and its path (relative to the table's folder) in ``image_column``. Samples whose
+    instruction has no candidate are dropped and counted in ``<out_dir>/manifest.json``.
+    """
+    from instructengine.data.schema import load_samples
+    from instructengine.runs import StageDir
+
+    df, src = load_samples(samples_dir)
+    cand_path = Path(candidates)
+    cand = pd.read_parquet(cand_path)
+    for col in (prompt_column, image_column):
+        if col not in cand.columns:
+            raise ValueError(f"{cand_path}: no column {col!r}; present: {list(cand.columns)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    by_prompt = cand.groupby(prompt_column)[image_column].apply(list).to_dict()
+    rng = np.random.default_rng(seed)
+    rows, dropped = [], 0
+    for row in df.to_dict("records"):
+        c1, c2 = by_prompt.get(row["instruction_1"]), by_prompt.get(row["instruction_2"])
+        if not c1 or not c2:
+            dropped += 1
+            continue
+        for k, pool in (("1", c1), ("2", c2)):
+            pick = cand_path.parent / pool[int(rng.integers(len(pool)))]
+            row[f"image_{k}"] = os.path.relpath(pick, out)
+            row[f"score_{k}"] = float("nan")
+        rows.append(row)
+    stage = StageDir(out.parent, out.name)
+    manifest = stage.new_manifest()
+    manifest.count_in, manifest.count_out = len(df), len(rows)
+    if dropped:
+        manifest.drop("instruction without candidates", dropped)
+    manifest.inputs = {"samples": str(src), "candidates": str(cand_path)}
+    atomic_write_parquet(out / "samples.parquet", pd.DataFrame(rows, columns=df.columns))
+    stage.write_manifest(manifest)
+    return out / "samples.parquet"
+

@@ -1,0 +1,259 @@
+"""Typed configuration of an alignment training run (one YAML in ``configs/``, dotted overrides).
+
+The paper's defaults are the defaults here: lr 1e-5, effective batch 128, constant schedule, no
+warm-up, one epoch, U-Net only (the text encoders and VAE are frozen; only the U-Net, or LoRA
+adapters on it, train).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from instructengine.config import Config
+
+__all__ = [
+    "CheckpointConfig",
+    "DataConfig",
+    "LoraConfig",
+    "LossConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "ReflConfig",
+    "TrainConfig",
+]
+
+
+class ModelConfig(Config):
+    """Which base model to align and how to load it."""
+
+    kind: Literal["sd15", "sdxl", "shapes"] = Field(
+        "sd15",
+        description="adapter: 'sd15' (one CLIP text encoder + VAE), 'sdxl' (two text encoders, pooled "
+        "embeddings, size/crop micro-conditioning, VAE), 'shapes' (ShapesWorld pixel-space U-Net, no VAE)",
+    )
+    path: str = Field(
+        "runwayml/stable-diffusion-v1-5",
+        description="diffusers-format folder (unet/, text_encoder/, tokenizer/, scheduler/, vae/ ...) or a "
+        "hub id (needs network)",
+    )
+    revision: str | None = Field(None, description="hub revision of `path` (ignored for local folders)")
+    variant: str | None = Field(None, description="weights variant to load, e.g. 'fp16' (None: the default weights)")
+    vae_path: str | None = Field(
+        None,
+        description="separate VAE folder or hub id, e.g. an fp16-safe SDXL VAE (madebyollin/sdxl-vae-fp16-fix); "
+        "None: the VAE in `path`",
+    )
+    vae_dtype: Literal["float32", "weight_dtype"] = Field(
+        "float32",
+        description="dtype of the frozen VAE: 'float32' (safe for the stock SDXL VAE, which overflows in fp16) "
+        "or 'weight_dtype' (the mixed-precision dtype; use with an fp16-safe VAE)",
+    )
+    prediction_type: Literal["auto", "epsilon", "v_prediction"] = Field(
+        "auto", description="training target; 'auto' takes the scheduler's prediction_type"
+    )
+
+
+class LoraConfig(Config):
+    """LoRA adapters on the U-Net (peft). Disabled: full fine-tuning of the U-Net."""
+
+    enabled: bool = Field(False, description="train LoRA adapters instead of the full U-Net")
+    rank: int = Field(8, ge=1, description="LoRA rank r")
+    alpha: float | None = Field(None, description="LoRA alpha (None: equal to rank, i.e. scale 1)")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="LoRA dropout")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"],
+        description="U-Net module names to adapt (diffusers attention projections by default)",
+    )
+
+
+class DataConfig(Config):
+    """The training data: a preference-sample dataset or a candidates table (reward-picked baseline)."""
+
+    path: str = Field(
+        "runs/demo/images",
+        description="dataset folder holding samples.parquet (or candidates.parquet) and the images it names",
+    )
+    candidates_file: str = Field(
+        "candidates.parquet", description="candidates table inside `path`, read by methods whose source is 'candidates'"
+    )
+    candidate_group_column: str = Field(
+        "prompt", description="candidates column grouping the N images of one prompt (best and worst picked per group)"
+    )
+    candidate_prompt_column: str = Field("prompt", description="candidates column with the prompt text")
+    candidate_image_column: str = Field("image", description="candidates column with the image path (relative)")
+    candidate_reward_column: str = Field("reward", description="candidates column with the reward score (higher = better)")
+    resolution: int = Field(512, ge=8, description="training resolution (shorter side resized, then cropped square)")
+    center_crop: bool = Field(True, description="center crop (True) or random crop (False) to the square resolution")
+    random_flip: bool = Field(
+        False, description="random horizontal flip (off: flipping changes 'left'/'right' in instructions)"
+    )
+    caption_dropout: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="probability of replacing an instruction by the unconditional embedding; for two-instruction "
+        "(cross-validation) samples at most one of the two is ever dropped, so no sample becomes constant",
+    )
+    max_items: int | None = Field(None, ge=1, description="use only the first N training items (debugging)")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes for image decoding")
+    cache_text_embeddings: bool = Field(
+        False, description="encode every distinct instruction once at setup and keep the embeddings (CPU memory)"
+    )
+    cache_latents: bool = Field(
+        False,
+        description="encode every distinct image once at setup and keep its VAE latent distribution (mean, std) "
+        "on CPU; latents are still sampled from it every step",
+    )
+
+
+class LossConfig(Config):
+    """Loss hyper-parameters (only the ones of the chosen method are read)."""
+
+    beta: float = Field(
+        2500.0,
+        gt=0,
+        description="DPO coefficient = the paper's beta*T*w(lambda_t) with constant w; the public Diffusion-DPO "
+        "code's --beta_dpo is 2*beta (it multiplies by 0.5)",
+    )
+    orpo_weight: float = Field(0.1, ge=0, description="ORPO: weight of the odds-ratio term added to the SFT loss")
+    orpo_likelihood_scale: float = Field(1.0, gt=0, description="ORPO: s in log p = -s * error")
+    mapo_beta: float = Field(0.1, ge=0, description="MaPO: weight of the margin term")
+    mapo_temperature: float = Field(0.5, gt=0, description="MaPO: z = temperature * error in f(z) = z/(e^z - 1)")
+    mapo_margin_scale: float = Field(1000.0, gt=0, description="MaPO: multiplier inside the log-sigmoid (T)")
+
+
+class ReflConfig(Config):
+    """ReFL (ImageReward): sample with no grad to a random late step, one step with grad, reward loss."""
+
+    reward: str = Field(
+        "clip",
+        description="differentiable reward: 'clip' (a CLIPModel folder given in reward_kwargs.path) or "
+        "'module:function' returning a callable (images in [0,1] (B,3,H,W), prompts) -> rewards (B,)",
+    )
+    reward_kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the reward factory")
+    num_inference_steps: int = Field(40, ge=2, description="sampling steps of the DDIM sampler used to reach the late step")
+    late_step_min: int = Field(
+        30, ge=0, description="the grad step's INDEX is drawn uniformly in [late_step_min, num_inference_steps - 1]"
+    )
+    guidance_scale: float = Field(5.0, ge=1.0, description="classifier-free guidance while sampling (1: none)")
+    reward_target: float = Field(2.0, description="loss = relu(reward_target - reward) * reward_scale")
+    reward_scale: float = Field(1e-3, gt=0, description="multiplier of the reward loss (ImageReward's grad_scale)")
+    clip_sample: bool = Field(
+        False, description="clip predicted x0 to [-1, 1] in the sampler (useful for pixel-space ShapesWorld models)"
+    )
+
+    @model_validator(mode="after")
+    def _late_step_in_range(self) -> "ReflConfig":
+        if self.late_step_min >= self.num_inference_steps:
+            raise ValueError(
+                f"late_step_min={self.late_step_min} must be < num_inference_steps={self.num_inference_steps}"
+            )
+        return self
+
+
+class OptimConfig(Config):
+    """AdamW and the learning-rate schedule."""
+
+    lr: float = Field(1e-5, gt=0, description="learning rate (paper: 1e-5)")
+    lr_schedule: Literal["constant", "constant_with_warmup", "linear", "cosine"] = Field(
+        "constant", description="diffusers get_scheduler name (paper: constant)"
+    )
+    warmup_steps: int = Field(0, ge=0, description="warm-up optimizer steps (paper: none)")
+    weight_decay: float = Field(1e-2, ge=0, description="AdamW weight decay")
+    adam_beta1: float = Field(0.9, description="AdamW beta1")
+    adam_beta2: float = Field(0.999, description="AdamW beta2")
+    adam_eps: float = Field(1e-8, gt=0, description="AdamW epsilon")
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
+
+
+class CheckpointConfig(Config):
+    """Periodic checkpoints (model, optimizer, scheduler, RNG, data position) and their retention."""
+
+    every_n_steps: int = Field(500, ge=1, description="save a checkpoint every N optimizer steps")
+    keep_last: int = Field(2, ge=1, description="keep only the N most recent checkpoints")
+    at_end: bool = Field(
+        True, description="also checkpoint the last step, so a finished run can be extended by raising max_steps"
+    )
+    resume: str = Field(
+        "auto",
+        description="'auto' (latest complete checkpoint of this run if any), 'never', or a checkpoint folder",
+    )
+
+
+class TrainConfig(Config):
+    """One alignment training run: method, model, data, optimisation, checkpoints, logging."""
+
+    method: str = Field(
+        "cv_dpo",
+        description="training method: cv_dpo, diffusion_dpo, four_triple_dpo, sft, orpo, mapo, reward_dpo, refl "
+        "(see `instructengine train methods`)",
+    )
+    run_dir: str = Field("runs/demo", description="run folder; outputs go to <run_dir>/train/<name>")
+    name: str | None = Field(None, description="output sub-folder name (None: the method name)")
+    seed: int = Field(0, description="seed of data order, noise, timesteps, caption dropout and LoRA init")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="base model")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA or full fine-tuning")
+    data: DataConfig = Field(default_factory=DataConfig, description="training data")
+    loss: LossConfig = Field(default_factory=LossConfig, description="loss hyper-parameters")
+    refl: ReflConfig = Field(default_factory=ReflConfig, description="ReFL settings (method 'refl' only)")
+    optim: OptimConfig = Field(default_factory=OptimConfig, description="optimizer and schedule")
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="checkpoints and resume")
+    batch_size: int = Field(
+        128,
+        ge=1,
+        description="effective batch in training items per optimizer step (paper: 128) = micro_batch_size x "
+        "gradient accumulation x processes; an item is a sample (cv_dpo, four_triple_dpo), a triple "
+        "(diffusion_dpo, orpo, mapo, reward_dpo), an (instruction, image) pair (sft) or a prompt (refl)",
+    )
+    micro_batch_size: int = Field(8, ge=1, description="items per forward pass and process")
+    epochs: int = Field(1, ge=1, description="passes over the data (paper: 1); ignored when max_steps is set")
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (None: run `epochs`)")
+    min_timestep: int = Field(0, ge=0, description="training timesteps are drawn uniformly in [min_timestep, max_timestep)")
+    max_timestep: int | None = Field(None, ge=1, description="upper bound (exclusive); None: num_train_timesteps")
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field(
+        "no", description="accelerate mixed precision (paper: half precision); master weights stay float32"
+    )
+    gradient_checkpointing: bool = Field(False, description="recompute U-Net activations in backward to save memory")
+    fused_forward: bool = Field(
+        True,
+        description="one policy and one reference U-Net call over all (instruction, image) combinations of a "
+        "micro-batch; False: one call per combination (for benchmarking only, same result)",
+    )
+    device: Literal["auto", "cpu"] = Field(
+        "auto", description="'cpu' forces the CPU; 'auto' lets accelerate choose (GPUs via `accelerate launch`)"
+    )
+    threads: int | None = Field(
+        None, ge=1, description="torch CPU threads (None: torch's default); on a shared CPU fewer threads than "
+        "cores avoids OpenMP spin-waiting"
+    )
+    log_every_n_steps: int = Field(1, ge=1, description="write metrics every N optimizer steps")
+    tensorboard: bool = Field(True, description="also log to tensorboard when it is installed (skipped otherwise)")
+    save_dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        "float32", description="dtype of the saved U-Net / LoRA weights"
+    )
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        from instructengine.train.methods import METHODS
+
+        if v not in METHODS:
+            raise ValueError(f"unknown method {v!r}; choose one of {sorted(METHODS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _batch_divides(self) -> "TrainConfig":
+        if self.batch_size % self.micro_batch_size:
+            raise ValueError(
+                f"batch_size={self.batch_size} is not a multiple of micro_batch_size={self.micro_batch_size}; "
+                "the effective batch must be micro_batch_size x accumulation steps x processes"
+            )
+        if self.max_timestep is not None and self.max_timestep <= self.min_timestep:
+            raise ValueError(f"max_timestep={self.max_timestep} must be > min_timestep={self.min_timestep}")
+        return self
+
+    @property
+    def output_name(self) -> str:
+        return self.name or self.method

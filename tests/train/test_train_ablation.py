@@ -1,0 +1,164 @@
+"""The ablation runner: statistics by hand, an end-to-end miniature run, the random-pick data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from instructengine.config import ConfigError, load_config
+from instructengine.train.ablation import (
+    AblationConfig,
+    paired_bootstrap,
+    random_pick_samples,
+    run_ablation,
+    summarize_arms,
+)
+from instructengine.train.tiny import write_candidates, write_samples
+
+PROMPTS = ["a red square", "a blue bar", "a green square", "a yellow bar", "two red squares", "a blue square"]
+
+
+def tiny_evaluator(model_dir: Path, name: str, run_dir: Path, prompts: str, seeds: list[int]) -> pd.DataFrame:
+    """A model-dependent stand-in for ShapesBench: thresholds of the U-Net's prediction (1/0 metrics)."""
+    from diffusers import UNet2DConditionModel
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    unet = UNet2DConditionModel.from_pretrained(Path(model_dir) / "unet").eval()
+    text = CLIPTextModel.from_pretrained(Path(model_dir) / "text_encoder").eval()
+    tok = AutoTokenizer.from_pretrained(Path(model_dir) / "tokenizer")
+    rows = []
+    with torch.no_grad():
+        for p, prompt in enumerate(PROMPTS):
+            ids = tok([prompt], padding="max_length", max_length=tok.model_max_length, truncation=True,
+                      return_tensors="pt").input_ids
+            ehs = text(ids).last_hidden_state
+            for s in seeds:
+                x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(1000 * s + p))
+                out = unet(x, torch.tensor([500]), encoder_hidden_states=ehs).sample
+                rows.append({"prompt_index": p, "seed": s, "exact": float(out.mean() > x.mean()),
+                             "colour": float(out[:, 0].mean() > out[:, 2].mean()),
+                             "relation": np.nan if p % 2 else float(out.std() > 1.0)})
+    return pd.DataFrame(rows)
+
+
+def test_paired_bootstrap_by_hand():
+    ones = (np.ones((2, 5)), np.ones((2, 5)))
+    zeros = (np.zeros((1, 5)), np.ones((1, 5)))
+    s = paired_bootstrap(ones, zeros, n=200)
+    assert s["mean"] == 1.0 and s["diff"] == 1.0 and s["ci95"] == [1.0, 1.0] and s["diff_ci95"] == [1.0, 1.0]
+    rng = np.random.default_rng(0)
+    same = (rng.integers(0, 2, (1, 50)).astype(float), np.ones((1, 50)))
+    paired = paired_bootstrap(same, same, n=500)
+    assert paired["diff"] == 0.0 and paired["diff_ci95"] == [0.0, 0.0]  # identical arms: no spread when paired
+    assert paired["ci95"][0] < paired["mean"] < paired["ci95"][1]
+
+
+def test_summarize_skips_not_applicable_rows():
+    base = pd.DataFrame({"prompt_index": [0, 1, 2, 3], "seed": 0, "exact": [0, 0, 1, 0.0],
+                         "relation": [1.0, np.nan, 0.0, np.nan]})
+    arm = base.assign(exact=[1, 1, 1, 0.0], relation=[1.0, np.nan, 1.0, np.nan])
+    out = summarize_arms({"base": [base], "cv": [arm, arm]}, "base", n_boot=200)
+    assert out["cv"]["exact"]["mean"] == 0.75 and out["cv"]["exact"]["diff"] == 0.5
+    assert out["cv"]["relation"]["n"] == 4 and out["cv"]["relation"]["mean"] == 1.0  # 2 seeds x 2 applicable
+    assert out["base"]["relation"]["mean"] == 0.5 and "diff" not in out["base"]["exact"]
+
+
+def _ablation_yaml(tiny_root: Path, tmp_path: Path) -> Path:
+    cfg = {
+        "name": "mini", "run_dir": str(tmp_path / "runs"), "seeds": [0, 1],
+        "train": {"model": {"kind": "shapes", "path": str(tiny_root / "shapes")},
+                  "data": {"path": str(tiny_root / "data"), "resolution": 16},
+                  "batch_size": 4, "micro_batch_size": 2, "max_steps": 2, "device": "cpu", "tensorboard": False,
+                  "optim": {"lr": 1e-3}},
+        "arms": [{"name": "base", "method": None}, {"name": "cv", "method": "cv_dpo"},
+                 {"name": "sft", "method": "sft", "overrides": ["optim.lr=5e-4"]}],
+        "selection": {"prompts": "val.csv", "seeds": [7], "steps": [1, 2], "grid": [[], ["loss.beta=100"]]},
+        "evaluator": f"{__name__}:tiny_evaluator", "test_prompts": "test.csv", "test_seeds": [0, 1, 2],
+        "bootstrap": 200,
+    }
+    import yaml
+
+    path = tmp_path / "ablation.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_ablation_end_to_end_and_resumable(tiny_root, tmp_path):
+    cfg = load_config(AblationConfig, _ablation_yaml(tiny_root, tmp_path))
+    table = run_ablation(cfg)
+    text = table.read_text()
+    assert [ln.split("|")[1].strip() for ln in text.splitlines()[2:5]] == ["base", "cv", "sft"]
+    assert "diff vs base" in text and "Wall time" in text
+    summary = json.loads((table.parent / "summary.json").read_text())
+    sel = pd.DataFrame(summary["selection"])
+    assert len(sel) == 8  # 2 arms x 2 grid points x 2 stopping points
+    for arm, rows in sel.groupby("arm"):
+        best = rows.loc[rows.exact.idxmax()]
+        assert summary["chosen"][arm] == [*best.overrides, f"max_steps={best.steps}"]
+    runs = table.parent / "train"
+    finals = sorted(p.name for p in runs.iterdir() if not p.name.split("-")[1].startswith("sel"))
+    assert finals == ["cv-seed0", "cv-seed1", "sft-seed0", "sft-seed1"]
+    assert summary["summary"]["cv"]["exact"]["n"] == 2 * 6 * 3
+    # second invocation: nothing is trained or evaluated again
+    stamp = {p: p.stat().st_mtime for p in runs.rglob("manifest.json")}
+    again = run_ablation(cfg)
+    assert {p: p.stat().st_mtime for p in runs.rglob("manifest.json")} == stamp
+    assert again.read_text().splitlines()[:5] == text.splitlines()[:5]
+
+
+def test_ablation_config_errors_name_the_arm(tiny_root, tmp_path):
+    path = _ablation_yaml(tiny_root, tmp_path)
+    with pytest.raises(ConfigError, match=r"(?s)arm 'cv'.*optim\.lr"):
+        load_config(AblationConfig, path, ["train.optim.lr=-1"])
+
+
+def test_random_pick_samples(tmp_path):
+    samples = write_samples(tmp_path / "best", n=4)
+    df = pd.read_parquet(samples / "samples.parquet")
+    cand_dir = write_candidates(tmp_path / "cands", prompts=2, per_prompt=3)
+    cands = pd.read_parquet(cand_dir / "candidates.parquet")
+    # give the first two samples' instructions candidates; the others have none
+    extra = [{"prompt": df.instruction_1[i], "image": cands.image[j], "reward": 0.0, "seed": j}
+             for i in range(2) for j in range(3)]
+    extra += [{"prompt": df.instruction_2[i], "image": cands.image[3 + j], "reward": 0.0, "seed": j}
+              for i in range(2) for j in range(3)]
+    pd.DataFrame(extra).to_parquet(cand_dir / "pool.parquet", index=False)
+    out = random_pick_samples(samples, cand_dir / "pool.parquet", tmp_path / "random", seed=0)
+    picked = pd.read_parquet(out)
+    pool = set(pd.DataFrame(extra).prompt)
+    expected = int((df.instruction_1.isin(pool) & df.instruction_2.isin(pool)).sum())
+    assert 2 <= expected < len(df) and len(picked) == expected and list(picked.columns) == list(df.columns)
+    for row in picked.itertuples():
+        assert (out.parent / row.image_1).resolve().is_file()
+        pool_1 = {Path(e["image"]).name for e in extra if e["prompt"] == row.instruction_1}
+        assert Path(row.image_1).name in pool_1
+    manifest = json.loads((tmp_path / "random" / "manifest.json").read_text())
+    assert manifest["counts"]["dropped"] == {"instruction without candidates": len(df) - expected}
+
+
+def test_export_pipeline_fuses_lora(tiny_root, tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    from instructengine.train.ablation import export_pipeline
+    from instructengine.train.trainer import run_training
+
+    from .conftest import make_config
+
+    lora = run_training(make_config(tiny_root, tmp_path, "shapes", "cv_dpo", lora__enabled=True, lora__rank=2,
+                                    optim__lr=1e-2))
+    out = export_pipeline(tiny_root / "shapes", lora.final_path, True, tmp_path / "export")
+    assert (out / "text_encoder").is_symlink() and not (out / "unet").is_symlink()
+    fused = UNet2DConditionModel.from_pretrained(out / "unet")
+    ref = UNet2DConditionModel.from_pretrained(tiny_root / "shapes" / "unet")
+    x, t, ehs = torch.randn(1, 3, 16, 16), torch.tensor([300]), torch.randn(1, 8, 16)
+    base = ref(x, t, encoder_hidden_states=ehs).sample
+    ref.load_lora_adapter(str(lora.final_path.parent), weight_name=lora.final_path.name, prefix="unet")
+    expected = ref(x, t, encoder_hidden_states=ehs).sample
+    got = fused(x, t, encoder_hidden_states=ehs).sample
+    assert not torch.allclose(expected, base)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)

@@ -1,0 +1,147 @@
+"""Loss conventions: sign, symmetry, policy == reference -> log 2, gradients, beta convention."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from instructengine.train.config import LossConfig
+from instructengine.train.losses import (
+    LAYOUTS,
+    LOSSES,
+    beta_from_diffusion_dpo_code,
+    cross_validation_dpo_loss,
+    diffusion_dpo_loss,
+    four_triple_dpo_loss,
+    mapo_loss,
+    orpo_loss,
+    per_sample_mse,
+    preference_metrics,
+)
+from instructengine.train.methods import METHODS
+
+LOG2 = math.log(2.0)
+CFG = LossConfig(beta=50.0, mapo_margin_scale=10.0)  # unsaturated, so every sign shows
+
+
+def _errs(layout: str, b: int = 5, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    k = len(LAYOUTS[layout][2])
+    g = torch.Generator().manual_seed(seed)
+    ref = 0.5 + torch.rand(b, k, generator=g, dtype=torch.float64)
+    model = ref + 0.01 * torch.randn(b, k, generator=g, dtype=torch.float64)
+    return model, ref
+
+
+def test_table_is_consistent():
+    for name, spec in LOSSES.items():
+        assert spec.layout in LAYOUTS, name
+        for _, w, l in spec.triples:
+            assert max(w, l) < len(LAYOUTS[spec.layout][2])
+    for name, method in METHODS.items():
+        assert method.loss is None or method.loss in LOSSES, name
+
+
+@pytest.mark.parametrize("name", ["cross_validation_dpo", "four_triple_dpo", "diffusion_dpo"])
+def test_policy_equal_reference_gives_log2(name):
+    spec = LOSSES[name]
+    _, ref = _errs(spec.layout)
+    loss = spec.fn(ref.clone(), ref, CFG)
+    torch.testing.assert_close(loss, torch.full_like(loss, LOG2))
+
+
+def test_reference_free_preference_terms_are_log2_at_a_tie():
+    e = torch.tensor([0.3, 0.7, 1.2], dtype=torch.float64)
+    torch.testing.assert_close(orpo_loss(e, e.clone(), weight=1.0) - e, torch.full_like(e, LOG2))
+    torch.testing.assert_close(mapo_loss(e, e.clone(), beta=1.0) - e, torch.full_like(e, LOG2))
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_sign_lowering_a_winner_error_lowers_the_loss(name):
+    spec = LOSSES[name]
+    model, ref = _errs(spec.layout)
+    base = spec.fn(model, ref, CFG)
+    winners = sorted({w for _, w, _ in spec.triples}) or [0]
+    for w in winners:
+        better = model.clone()
+        better[:, w] -= 0.005
+        assert (spec.fn(better, ref, CFG) < base).all(), (name, w)
+    for _, _, l in spec.triples:
+        worse_loser = model.clone()
+        worse_loser[:, l] += 0.005
+        assert (spec.fn(worse_loser, ref, CFG) < base).all(), (name, l)
+
+
+@pytest.mark.parametrize("fn", [cross_validation_dpo_loss, four_triple_dpo_loss])
+def test_swapping_the_two_triples_leaves_quad_losses_unchanged(fn):
+    model, ref = _errs("quad", b=7, seed=3)
+    # (x1,y1) <-> (x2,y2): columns (x1,y1),(x1,y2),(x2,y2),(x2,y1) become (x2,y2),(x2,y1),(x1,y1),(x1,y2)
+    perm = [2, 3, 0, 1]
+    torch.testing.assert_close(fn(model, ref, 50.0), fn(model[:, perm], ref[:, perm], 50.0))
+
+
+def test_cross_validation_is_the_fixed_eq8():
+    model, ref = _errs("quad", b=4, seed=5)
+    d = model - ref
+    expected = -F.logsigmoid(-50.0 * ((d[:, 0] - d[:, 1]) + (d[:, 2] - d[:, 3])))
+    torch.testing.assert_close(cross_validation_dpo_loss(model, ref, 50.0), expected)
+    # the paper's printed (typo) second bracket D(x2,y2) - D(x1,y2) differs
+    typo = -F.logsigmoid(-50.0 * ((d[:, 0] - d[:, 1]) + (d[:, 2] - d[:, 1])))
+    assert not torch.allclose(typo, expected)
+
+
+def test_discarded_triples_inside_one_logsigmoid_would_only_double_beta():
+    """Why four_triple_dpo keeps four separate log-sigmoids: the instruction triples' sum is the same."""
+    model, ref = _errs("quad", seed=9)
+    d = model - ref
+    image = (d[:, 0] - d[:, 1]) + (d[:, 2] - d[:, 3])
+    instruction = (d[:, 0] - d[:, 3]) + (d[:, 2] - d[:, 1])
+    torch.testing.assert_close(image, instruction)
+    assert not torch.allclose(four_triple_dpo_loss(model, ref, 50.0), cross_validation_dpo_loss(model, ref, 100.0))
+
+
+def test_beta_convention_matches_public_diffusion_dpo_code():
+    model, ref = _errs("pair", seed=11)
+    beta_dpo = 5000.0
+    public = -F.logsigmoid(-0.5 * beta_dpo * ((model[:, 0] - model[:, 1]) - (ref[:, 0] - ref[:, 1])))
+    ours = diffusion_dpo_loss(model[:, 0], model[:, 1], ref[:, 0], ref[:, 1], beta_from_diffusion_dpo_code(beta_dpo))
+    torch.testing.assert_close(ours, public)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_finite_difference_gradient(name):
+    spec = LOSSES[name]
+    model, ref = _errs(spec.layout, b=3, seed=13)
+    model.requires_grad_(True)
+    cfg = LossConfig(beta=20.0)
+    assert torch.autograd.gradcheck(lambda m: spec.fn(m, ref, cfg).sum(), (model,), eps=1e-6, atol=1e-5)
+
+
+def test_per_sample_mse_is_float32_over_chw():
+    pred = torch.randn(3, 4, 5, 5).to(torch.bfloat16)
+    target = torch.randn(3, 4, 5, 5)
+    err = per_sample_mse(pred, target)
+    assert err.dtype == torch.float32 and err.shape == (3,)
+    torch.testing.assert_close(err, ((pred.float() - target) ** 2).mean(dim=(1, 2, 3)))
+    with pytest.raises(ValueError, match="shape"):
+        per_sample_mse(pred, target[:, :3])
+
+
+def test_preference_metrics_by_hand():
+    spec = LOSSES["cross_validation_dpo"]
+    ref = torch.ones(2, 4)
+    # sample 0: x1 triple correct (D_w<D_l), x2 triple wrong; sample 1: both correct
+    model = torch.tensor([[0.9, 1.0, 1.1, 1.0], [0.8, 1.2, 0.9, 1.0]])
+    m = preference_metrics(spec, model, ref, beta=10.0)
+    assert m["implicit_acc_x1"] == 1.0 and m["implicit_acc_x2"] == 0.5
+    assert m["reward_margin_x1"] == pytest.approx(10 * (0.1 + 0.4) / 2)
+    assert m["reward_margin_x2"] == pytest.approx(10 * (-0.1 + 0.1) / 2)
+    assert m["model_err_winner"] == pytest.approx(float(model[:, [0, 2]].mean()))
+    assert m["ref_err_loser"] == 1.0
+
+
+def test_shape_errors_are_explained():
+    with pytest.raises(ValueError, match=r"\(B, 4\)"):
+        cross_validation_dpo_loss(torch.zeros(2, 2), torch.zeros(2, 2), 1.0)
