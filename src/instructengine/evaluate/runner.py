@@ -1,0 +1,285 @@
+"""``evaluate(cfg)``: generate each model's images on the benchmark's prompts and seeds, score them.
+
+For every model, in order:
+
+1. **Generate** the missing images (``(prompt_index, seed)`` pairs not in the folder's ledger),
+   batch by batch, each PNG written atomically and recorded in the ledger; a killed run resumes.
+   ``generation.json`` pins the model settings: re-running a folder with other settings is an error
+   (give the model another name), so two folders always hold images made as their json says.
+2. **Score** what is not scored yet: each image is decoded once per batch and handed to every
+   scorer that still needs it. Scorers are built once per run and shared by all models; a model
+   weight used by two scorers is loaded once (:class:`ScorerContext`). A scorer whose options
+   changed since the last run is re-run on every image; a new scorer only adds its columns.
+3. **Summarise**: per metric mean, std, NaN count and a prompt-level bootstrap CI, the paper's
+   Average, per-category means (``summary.json``), and the manifest.
+
+Images that cannot be read are left out of ``scores.parquet`` and counted under
+``image_unreadable`` in the manifest; nothing is filled in.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from instructengine.evaluate.benchmarks import PromptSet, load_benchmark
+from instructengine.evaluate.config import EvalConfig, ScorerSpec
+from instructengine.evaluate.generation import ModelSpec, build_generator, png_bytes, seeds_for
+from instructengine.evaluate.scorers.base import Scorer, ScorerContext, build_scorer, columns_of, score_columns
+from instructengine.evaluate.stats import bootstrap_mean, per_prompt_means
+from instructengine.evaluate.storage import image_relpath, json_safe
+from instructengine.runs import Manifest, StageDir, atomic_write_bytes, atomic_write_json, atomic_write_parquet
+
+__all__ = ["evaluate", "summarize_scores"]
+
+Log = Callable[[str], None]
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _chunks(items: list[Any], n: int):
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
+
+
+class _ScorerPool:
+    """Builds each configured scorer on first use, once per run, shared by all models."""
+
+    def __init__(self, ctx: ScorerContext):
+        self.ctx = ctx
+        self._built: dict[str, Scorer] = {}
+
+    def get(self, spec: ScorerSpec) -> Scorer:
+        key = spec.name + ":" + _hash(spec.options)
+        if key not in self._built:
+            self._built[key] = build_scorer(spec.name, spec.options, self.ctx)
+        return self._built[key]
+
+
+def evaluate(cfg: EvalConfig, log: Log = print) -> dict[str, Path]:
+    """Generate, score and summarise every model of ``cfg``; return {model name: its eval folder}."""
+    ps = load_benchmark(cfg.benchmark)
+    seeds = seeds_for(cfg.images_per_prompt, cfg.seed, cfg.seeds)
+    pool = _ScorerPool(ScorerContext(device=cfg.device, dtype=cfg.scorer_dtype, run_dir=cfg.run_dir))
+    log(f"benchmark {ps.name}: {len(ps)} prompts x {len(seeds)} seeds; models {[m.name for m in cfg.models]}")
+    out: dict[str, Path] = {}
+    for spec in cfg.models:
+        stage = StageDir(cfg.run_dir, f"eval/{spec.name}/{ps.name}")
+        manifest = stage.new_manifest(cfg)
+        manifest.inputs = {"benchmark": ps.source, "model": spec.pretrained or spec.kind}
+        with manifest.timed("generate"):
+            _generate(spec, ps, seeds, stage, cfg, manifest, log)
+        _score(stage, ps, cfg, pool, manifest, log)
+        stage.write_manifest(manifest)
+        out[spec.name] = stage.root
+    if cfg.judge.enabled:
+        from instructengine.evaluate.judge import judge_models
+
+        judge_models(cfg, log=log)
+    return out
+
+
+# --------------------------------------------------------------------------------------------- generation
+
+
+def _generate(spec: ModelSpec, ps: PromptSet, seeds: list[int], stage: StageDir, cfg: EvalConfig,
+              manifest: Manifest, log: Log) -> None:
+    import pandas as pd
+
+    folder = stage.root
+    settings_hash = _hash(spec.model_dump(mode="json"))
+    gen_path = folder / "generation.json"
+    if gen_path.is_file():
+        old = json.loads(gen_path.read_text())
+        if old.get("settings_hash") != settings_hash:
+            changed = sorted(k for k, v in spec.model_dump(mode="json").items() if old.get("model", {}).get(k) != v)
+            raise ValueError(
+                f"{str(folder)!r} holds images generated with other settings (changed: {changed}); "
+                "give the model another name or delete that folder"
+            )
+    items = [(pid, prompt, seed) for pid, prompt in zip(ps.ids, ps.prompts) for seed in seeds]
+    manifest.count_in = len(items)
+    with stage.ledger("images.progress.jsonl") as ledger:
+        pending = []
+        for pid, prompt, seed in items:
+            rec = ledger.get(f"{pid}_{seed}")
+            if rec is not None and rec["prompt"] != prompt:
+                raise ValueError(
+                    f"{str(folder)!r}: image {pid}_{seed} was made for prompt {rec['prompt']!r}, but prompt {pid} "
+                    f"is now {prompt!r}; this folder belongs to another prompt set (use another benchmark name)"
+                )
+            if rec is None or not (folder / rec["path"]).is_file():
+                pending.append((pid, prompt, seed))
+        if pending and cfg.skip_generation:
+            raise ValueError(f"{spec.name}: {len(pending)} images are missing in {str(folder)!r} and skip_generation is set")
+        if pending:
+            log(f"[{spec.name}] generating {len(pending)} images (batch {cfg.batch_size})")
+            generator = build_generator(spec, cfg.device)
+            describe = generator.describe() if hasattr(generator, "describe") else {"class": type(generator).__name__}
+            atomic_write_json(gen_path, {
+                "model": spec.model_dump(mode="json"), "generator": describe, "settings_hash": settings_hash,
+                "benchmark": ps.name, "seeds": seeds, "images_per_prompt": len(seeds), "batch_size": cfg.batch_size,
+                "device": cfg.device, "created_at": manifest.started_at, "versions": manifest.versions,
+            })
+            t0 = time.perf_counter()
+            for batch in _chunks(pending, cfg.batch_size):
+                images = generator.generate([b[1] for b in batch], [b[2] for b in batch])
+                if len(images) != len(batch):
+                    raise ValueError(f"{spec.name}: generator returned {len(images)} images for {len(batch)} prompts")
+                flags = getattr(generator, "last_nsfw", None)
+                for j, ((pid, prompt, seed), img) in enumerate(zip(batch, images)):
+                    rel = image_relpath(pid, seed)
+                    atomic_write_bytes(folder / rel, png_bytes(img))
+                    ledger.add(f"{pid}_{seed}", prompt=prompt, path=rel, nsfw=None if flags is None else flags[j])
+            manifest.extra["generated_now"] = len(pending)
+            manifest.extra["generation_images_per_s"] = round(len(pending) / max(time.perf_counter() - t0, 1e-9), 3)
+            del generator
+            gc.collect()
+        elif not gen_path.is_file():
+            raise ValueError(f"{str(folder)!r}: images are present but generation.json is missing; delete the folder and re-run")
+        rows = []
+        for pid, prompt, seed in items:
+            rec = ledger.get(f"{pid}_{seed}")
+            rows.append({"prompt_index": pid, "seed": seed, "path": rec["path"], "nsfw_flagged": rec.get("nsfw")})
+    images = pd.DataFrame(rows)
+    images["nsfw_flagged"] = images["nsfw_flagged"].astype("boolean")
+    atomic_write_parquet(folder / "images.parquet", images)
+    atomic_write_parquet(folder / "prompts.parquet", ps.to_frame())
+    flagged = int(images["nsfw_flagged"].fillna(False).sum())
+    if flagged:
+        manifest.extra["nsfw_flagged"] = flagged
+        log(f"[{spec.name}] the safety checker blacked out {flagged} images (column nsfw_flagged)")
+
+
+# --------------------------------------------------------------------------------------------- scoring
+
+
+def _score(stage: StageDir, ps: PromptSet, cfg: EvalConfig, pool: _ScorerPool, manifest: Manifest, log: Log) -> None:
+    import pandas as pd
+    from PIL import Image
+
+    folder = stage.root
+    images = pd.read_parquet(folder / "images.parquet")
+    prompt_of = dict(zip(ps.ids, ps.prompts))
+    keys = list(zip(images["prompt_index"].astype(int), images["seed"].astype(int)))
+    path_of = dict(zip(keys, images["path"]))
+
+    meta_path = folder / "scorers.json"
+    meta: dict[str, Any] = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    old = pd.read_parquet(folder / "scores.parquet") if (folder / "scores.parquet").is_file() else None
+    old_keys = set(zip(old["prompt_index"].astype(int), old["seed"].astype(int))) if old is not None else set()
+
+    todo: dict[str, set[tuple[int, int]]] = {}
+    for spec in cfg.scorers:
+        h = _hash(spec.options)
+        prev = meta.get(spec.name)
+        fresh = (prev is None or prev.get("options_hash") != h or old is None or not prev.get("columns")
+                 or any(c not in old.columns for c in prev["columns"]))
+        need = set(keys) if fresh else set(keys) - old_keys
+        if need:
+            todo[spec.name] = need
+        meta[spec.name] = {"options_hash": h, "options": spec.options, "columns": (prev or {}).get("columns", []) if not fresh else []}
+
+    results: dict[str, dict[tuple[int, int], float]] = {}
+    unreadable: set[tuple[int, int]] = set()
+    rows = [k for k in keys if any(k in s for s in todo.values())]
+    if rows:
+        log(f"[{folder.parent.name}] scoring {len(rows)} images with {sorted(todo)}")
+    specs = [s for s in cfg.scorers if s.name in todo]
+    for batch in _chunks(rows, cfg.score_batch_size):
+        decoded: dict[tuple[int, int], Any] = {}
+        with manifest.timed("decode"):
+            for k in batch:
+                try:
+                    with Image.open(folder / path_of[k]) as im:
+                        decoded[k] = im.convert("RGB")
+                except (OSError, ValueError):
+                    unreadable.add(k)
+        for spec in specs:
+            sel = [k for k in batch if k in todo[spec.name] and k in decoded]
+            if not sel:
+                continue
+            scorer = pool.get(spec)
+            dropped_before = Counter(getattr(scorer, "dropped", None) or {})
+            with manifest.timed(f"score:{spec.name}"):
+                cols = score_columns(scorer, [decoded[k] for k in sel], [prompt_of[k[0]] for k in sel])
+            # what a scorer could not measure (e.g. a VLM answer that stayed invalid), by reason
+            failures = manifest.extra.setdefault("scorer_failures", {})
+            for reason, n in (Counter(getattr(scorer, "dropped", None) or {}) - dropped_before).items():
+                failures[reason] = failures.get(reason, 0) + n
+            meta[spec.name]["columns"] = list(columns_of(scorer))
+            if hasattr(scorer, "info"):
+                meta[spec.name]["info"] = scorer.info
+            for c, vals in cols.items():
+                results.setdefault(c, {}).update(zip(sel, vals.tolist()))
+
+    keep = [k for k in keys if k not in unreadable]
+    table = pd.DataFrame({"prompt_index": [k[0] for k in keep], "seed": [k[1] for k in keep]})
+    columns = [c for s in cfg.scorers for c in meta[s.name]["columns"]]
+    dup = sorted({c for c in columns if columns.count(c) > 1})
+    if dup:
+        raise ValueError(f"scorers write the same column(s) {dup}; each metric column must come from one scorer")
+    if old is not None:
+        columns += [c for c in old.columns if c not in columns and c not in ("prompt_index", "seed")]
+    old_idx = {k: i for i, k in enumerate(zip(old["prompt_index"].astype(int), old["seed"].astype(int)))} if old is not None else {}
+    for c in columns:
+        new = results.get(c, {})
+        vals = []
+        for k in keep:
+            if k in new:
+                vals.append(new[k])
+            elif old is not None and c in old.columns and k in old_idx:
+                vals.append(float(old[c].iloc[old_idx[k]]))
+            else:
+                vals.append(np.nan)
+        table[c] = np.asarray(vals, dtype=np.float64)
+    atomic_write_parquet(folder / "scores.parquet", table)
+    atomic_write_json(meta_path, meta)
+
+    if unreadable:
+        manifest.drop("image_unreadable", len(unreadable))
+    manifest.count_out = len(keep)
+    manifest.extra["scored_now"] = {name: len(v) for name, v in todo.items()}
+    nan = {c: int(table[c].isna().sum()) for c in columns if table[c].isna().any()}
+    if nan:
+        manifest.extra["not_measured"] = nan
+    summary = summarize_scores(table, ps, cfg)
+    summary.update(model=folder.parent.name, benchmark=ps.name,
+                   scorers={n: {k: v for k, v in m.items() if k != "options_hash"} for n, m in meta.items()})
+    atomic_write_json(folder / "summary.json", json_safe(summary))
+
+
+def summarize_scores(table, ps: PromptSet, cfg: EvalConfig) -> dict[str, Any]:
+    """Per-metric mean/std/n/NaN/bootstrap CI, the Average of ``report.average_metrics``, per-category means."""
+    r = cfg.report
+    cat_of = dict(zip(ps.ids, ps.categories))
+    metrics = [c for c in table.columns if c not in ("prompt_index", "seed")]
+    out: dict[str, Any] = {"n_images": int(len(table)), "n_prompts": int(table["prompt_index"].nunique()), "metrics": {}}
+    for c in metrics:
+        v = table[c].to_numpy(dtype=np.float64)
+        ok = ~np.isnan(v)
+        entry: dict[str, Any] = {"n": int(ok.sum()), "not_measured": int((~ok).sum())}
+        if ok.any():
+            _, pp = per_prompt_means(table["prompt_index"].to_numpy(), v)
+            ci = bootstrap_mean(pp, r.bootstrap_samples, r.confidence, r.bootstrap_seed)
+            entry.update(mean=float(v[ok].mean()), std=float(v[ok].std(ddof=1)) if ok.sum() > 1 else 0.0,
+                         ci_low=ci.low, ci_high=ci.high)
+        out["metrics"][c] = entry
+    if all(c in metrics and "mean" in out["metrics"][c] for c in r.average_metrics) and r.average_metrics:
+        out["average"] = {"of": list(r.average_metrics),
+                          "mean": float(np.mean([out["metrics"][c]["mean"] for c in r.average_metrics]))}
+    cats = table["prompt_index"].map(cat_of)
+    out["categories"] = {
+        str(cat): {c: float(np.nanmean(g[c])) if g[c].notna().any() else None for c in metrics}
+        for cat, g in table.assign(_cat=cats).groupby("_cat", sort=False)
+    }
+    return out
