@@ -35,7 +35,7 @@ class ContrastiveConfig(Config):
 
     out_dir: Path = Field(Path("runs/shapes-clip"), description="output folder (model in <out_dir>/model)")
     seed: int = Field(0, description="seed of initialisation and data")
-    steps: int = Field(3000, ge=1, description="optimiser steps")
+    steps: int = Field(800, ge=1, description="optimiser steps")
     batch_size: int = Field(128, ge=2, description="images per step")
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate (cosine decay)")
     hidden_size: int = Field(64, ge=16, description="width of both towers")

@@ -32,7 +32,7 @@ class ShapesEvalConfig(Config):
     clip_path: Path | None = Field(None, description="contrastive model folder; None: the shipped one")
     benchmark: str = Field("shapesbench", description="'shapesbench' or a CSV file with prompt,category")
     seeds: list[int] = Field([0, 1], min_length=1, description="seeds per prompt (paired across models)")
-    guidance_scale: float = Field(3.0, ge=0, description="classifier-free guidance scale")
+    guidance_scale: float = Field(5.0, ge=0, description="classifier-free guidance scale")
     num_inference_steps: int = Field(20, ge=1, description="sampler steps")
     sampler: str = Field("dpmpp", pattern="^(dpmpp|ddim)$", description="dpmpp (thresholded) or ddim")
     batch_size: int = Field(200, ge=1, description="images per sampling batch")
