@@ -13,6 +13,7 @@ import typer
 
 from instructengine.evaluate.cli import eval_command, report_command
 from instructengine.humaneval.cli import app as review_app
+from instructengine.images.cli import app as images_app
 from instructengine.pipeline_cli import app as data_app
 from instructengine.shapes.cli import app as shapes_app
 from instructengine.train.cli import app as train_app
@@ -24,6 +25,7 @@ app = typer.Typer(
 )
 app.add_typer(shapes_app, name="shapes")
 app.add_typer(data_app, name="data")
+app.add_typer(images_app, name="images")
 app.add_typer(train_app, name="train")
 app.command("eval", help="Evaluate models on prompt sets (DrawBench, ...): images, six metrics + Average.")(eval_command)
 app.command("report", help="Table-1 style report (markdown + HTML) from evaluation folders.")(report_command)

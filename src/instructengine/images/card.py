@@ -1,0 +1,132 @@
+"""The dataset card: README.md with the funnel, drops by reason, and histograms as PNG.
+
+The funnel is read from the stages' manifest.json files in the run folder (a stage that did not
+run, e.g. when pairs.parquet came from elsewhere, is shown as absent), so the card states what
+the pipeline actually did: subtopics -> entities -> pairs -> instructions -> candidate images ->
+selected images -> images kept by the judge -> kept samples.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["funnel", "write_card"]
+
+
+def _manifest(run_dir: Path, stage: str) -> dict[str, Any] | None:
+    path = run_dir / stage / "manifest.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def funnel(run_dir: str | Path, dataset_folder: str) -> list[dict[str, Any]]:
+    """One row per pipeline step: step, unit, in, out, dropped-by-reason (None where absent)."""
+    run_dir = Path(run_dir)
+    steps = [
+        ("taxonomy", "taxonomy", "subtopics"),
+        ("entities", "entities", "entities"),
+        ("instruction pairs", "instructions", "pairs"),
+        ("candidates", "candidates", "images"),
+        ("best-of-N selection", "select", "instructions"),
+        ("judge", "judge", "images"),
+        ("kept samples", dataset_folder, "pairs"),
+    ]
+    rows = []
+    for name, stage, unit in steps:
+        m = _manifest(run_dir, stage)
+        if m is None:
+            rows.append({"step": name, "stage": stage, "unit": unit, "in": None, "out": None, "dropped": {}})
+            continue
+        counts = m["counts"]
+        rows.append({"step": name, "stage": stage, "unit": unit, "in": counts["in"], "out": counts["out"],
+                     "dropped": counts["dropped"], "extra": m.get("extra", {})})
+    return rows
+
+
+def _histogram(counts: Any, title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [str(k) for k in counts.index]
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * len(labels) + 2), 3.2), dpi=100)
+    ax.bar(range(len(labels)), counts.to_numpy(), color="#4C72B0")
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, rotation=45 if len(labels) > 4 else 0, ha="right" if len(labels) > 4 else "center")
+    ax.set_ylabel("kept samples")
+    ax.set_title(title)
+    for i, v in enumerate(counts.to_numpy()):
+        ax.text(i, v, str(int(v)), ha="center", va="bottom", fontsize=8)
+    fig.tight_layout()
+    buf = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(buf, metadata={"Software": None})
+    plt.close(fig)
+    buf.replace(path)
+
+
+def _fmt(v: Any) -> str:
+    return "-" if v is None else f"{v:,}"
+
+
+def write_card(cfg: Any, samples: Any, folder: Path) -> Path:
+    """Write README.md (and the histograms when ``cfg.dataset.histograms``) into ``folder``."""
+    from instructengine.data.schema import SAMPLE_COLUMNS
+    from instructengine.runs import atomic_write_text
+
+    run_dir = Path(cfg.run_dir)
+    rows = funnel(run_dir, cfg.dataset.folder)
+    lines = [
+        "# InstructEngine preference dataset",
+        "",
+        "Cross-validation preference samples (x1, y1, x2, y2): under instruction x1 image y1 is preferred to y2, "
+        "under x2 image y2 is preferred to y1. Built by the InstructEngine data pipeline "
+        "(taxonomy -> entities -> contrasting instruction pairs -> N candidates -> best-of-N -> judge).",
+        "",
+        f"- samples: **{len(samples):,}** in `samples.parquet` (image paths relative to this folder)",
+        f"- generator: `{cfg.generator.kind}` {cfg.generator.model or ''} - {cfg.candidates.n_candidates} candidates per instruction, "
+        f"{cfg.generator.num_inference_steps} steps, guidance {cfg.generator.guidance_scale}, text noise sigma {cfg.generator.text_noise_sigma}",
+        f"- selection scorer: `{cfg.select.scorer.name}`; judge: `{cfg.judge.kind}`"
+        + (f" ({cfg.judge_llm().model})" if cfg.judge.kind == "vlm" else ""),
+        *(
+            [f"- the image stages used {cfg.candidates.max_pairs:,} of the pairs (`candidates.max_pairs`)"]
+            if cfg.candidates.max_pairs is not None
+            else []
+        ),
+        "",
+        "## Funnel",
+        "",
+        "| step | unit | in | out | dropped |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        dropped = sum(r["dropped"].values()) if r["in"] is not None else None
+        lines.append(f"| {r['step']} | {r['unit']} | {_fmt(r['in'])} | {_fmt(r['out'])} | {_fmt(dropped)} |")
+    lines += ["", "Stages shown with `-` did not run in this run folder.", "", "## Drops by reason", ""]
+    for r in rows:
+        if r["dropped"]:
+            reasons = ", ".join(f"`{k}` {v:,}" for k, v in sorted(r["dropped"].items(), key=lambda kv: -kv[1]))
+            lines.append(f"- **{r['step']}** ({r['unit']}): {reasons}")
+    if not any(r["dropped"] for r in rows):
+        lines.append("- none")
+    lines += ["", "## Kept samples per dimension and theme", ""]
+    per_dim = samples["dimension"].value_counts().sort_index()
+    per_theme = samples["theme"].value_counts().sort_index()
+    lines += ["| dimension | samples |", "|---|---:|"] + [f"| {k} | {v:,} |" for k, v in per_dim.items()]
+    lines += ["", "| theme | samples |", "|---|---:|"] + [f"| {k} | {v:,} |" for k, v in per_theme.items()]
+    if cfg.dataset.histograms and len(samples):
+        _histogram(per_dim, "kept samples per dimension", folder / "hist_dimension.png")
+        _histogram(per_theme, "kept samples per theme", folder / "hist_theme.png")
+        lines += ["", "![per dimension](hist_dimension.png)", "", "![per theme](hist_theme.png)"]
+    lines += ["", "## Columns", "", "| column | meaning |", "|---|---|"]
+    lines += [f"| `{c}` | {meaning} |" for c, (_, meaning) in SAMPLE_COLUMNS.items()]
+    lines += [
+        "",
+        "`sample_id` is the pair's `pair_id` in the run's `instructions/pairs.parquet`; its two instructions are "
+        "`<sample_id>_1` and `<sample_id>_2` in the candidates, select and judge tables.",
+        "",
+        "Load with `instructengine.data.schema.load_samples(<this folder>)`.",
+        "",
+    ]
+    return atomic_write_text(folder / "README.md", "\n".join(lines))

@@ -1,0 +1,151 @@
+"""Image-text scorers for selection and baselines, and the resumable per-candidate score cache.
+
+A scorer has ``name`` and ``score(images, prompts) -> np.ndarray`` (one value per image, or one
+row per image for multi-column scorers; NaN = not measured). Names:
+
+* ``shapes_clip`` - ShapesWorld's tiny contrastive model (option ``path``; default: the shipped one);
+* ``shapes_oracle`` - the share of the caption's stated attributes the oracle finds in the image
+  (a graded, exact ShapesWorld score; NaN for a prompt that is not a ShapesWorld caption);
+* anything :func:`instructengine.evaluate.scorers.build_scorer` knows (``blip``, ``hpsv2``,
+  ``clip``, ``pickscore``, ``imagereward``, ``aesthetic``, ``vqa``, or ``package.module:factory``).
+
+:func:`score_candidates` scores candidate images once per (scorer, generator): results are kept
+in ``<run_dir>/scores/<scorer>-<generator>.jsonl`` (one fsynced line per scorer call), so the
+select stage and the baselines share scores, and a killed run re-scores at most one call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from instructengine.images.config import ScorerSpec
+from instructengine.runs import Ledger
+
+__all__ = ["ShapesOracleScorer", "build_image_scorer", "load_rgb", "score_candidates"]
+
+
+class ShapesOracleScorer:
+    """Share of stated attributes that hold, per image (ShapesWorld's oracle as a graded scorer)."""
+
+    name = "shapes_oracle"
+
+    def score(self, images: Sequence[Any], prompts: Sequence[str]) -> np.ndarray:
+        from instructengine.shapes.oracle import judge
+        from instructengine.shapes.scene import CaptionError
+
+        if len(images) != len(prompts):
+            raise ValueError(f"shapes_oracle: {len(images)} images but {len(prompts)} prompts")
+        out = np.full(len(prompts), np.nan)
+        for i, (im, prompt) in enumerate(zip(images, prompts)):
+            try:
+                verdict = judge(np.asarray(im, dtype=np.uint8)[..., :3], prompt)
+            except CaptionError:
+                continue
+            stated = [v for k, v in verdict.items() if k != "exact" and v is not None]
+            out[i] = float(np.mean(stated)) if stated else float(verdict["exact"])
+        return out
+
+
+def build_image_scorer(spec: ScorerSpec, run_dir: str | Path | None = None) -> Any:
+    """The scorer ``spec`` names (weights are loaded here). Scorers that call an LLM (``vqa``)
+    keep their cache under ``<run_dir>/scores/``.
+
+    Raises:
+        ValueError: unknown scorer name or bad options (the message lists what is allowed).
+    """
+    if spec.name == "shapes_clip":
+        unknown = sorted(set(spec.options) - {"path"})
+        if unknown:
+            raise ValueError(f"scorer shapes_clip: unknown options {unknown}; it takes only 'path'")
+        from instructengine.shapes.contrastive import ShapesClipScorer
+
+        return ShapesClipScorer(spec.options.get("path"), device=spec.device)
+    if spec.name == "shapes_oracle":
+        if spec.options:
+            raise ValueError(f"scorer shapes_oracle takes no options, got {sorted(spec.options)}")
+        return ShapesOracleScorer()
+    from instructengine.evaluate.scorers.base import ScorerContext, build_scorer
+
+    context = ScorerContext(
+        device=spec.device, dtype=spec.dtype, run_dir=str(Path(run_dir) / "scores") if run_dir is not None else None
+    )
+    return build_scorer(spec.name, spec.options, context)
+
+
+def load_rgb(path: Path) -> Any:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+def _score_column(scorer: Any, spec: ScorerSpec, images: list[Any], prompts: list[str]) -> np.ndarray:
+    from instructengine.evaluate.scorers.base import columns_of, score_columns
+
+    cols = score_columns(scorer, images, prompts)
+    column = spec.column or columns_of(scorer)[0]
+    if column not in cols:
+        raise ValueError(f"scorer {spec.name!r} has no column {column!r}; it returns {sorted(cols)}")
+    return cols[column]
+
+
+def score_candidates(
+    run_dir: str | Path,
+    spec: ScorerSpec,
+    rows: Any,
+    generator_fingerprint: str,
+    scorer: Any = None,
+    log: Callable[[str], None] = lambda s: None,
+) -> tuple[np.ndarray, dict[str, int]]:
+    """Scores of candidate ``rows`` (candidates.parquet rows) under ``spec``, aligned with ``rows``.
+
+    Images are read from ``<run_dir>/candidates/<image>``; the candidates of one instruction are
+    scored in the same call. ``scorer`` defaults to :func:`build_image_scorer` ``(spec)`` (built
+    only when something is left to score). Returns (scores, {"cached": n, "computed": m}).
+    """
+    run_dir = Path(run_dir)
+    gen_digest = hashlib.sha256(generator_fingerprint.encode()).hexdigest()[:8]
+    ledger = Ledger(run_dir / "scores" / f"{spec.fingerprint()}-gen{gen_digest}.jsonl")
+    known: dict[str, float] = {}
+    for rec in ledger.records():
+        known.update(zip(rec["ids"], (math.nan if s is None else float(s) for s in rec["scores"])))
+    ids = list(rows["candidate_id"])
+    todo_mask = [cid not in known for cid in ids]
+    cached = len(ids) - sum(todo_mask)
+    todo = rows[todo_mask]
+    computed = 0
+    try:
+        if len(todo):
+            scorer = scorer if scorer is not None else build_image_scorer(spec, run_dir)
+            root = run_dir / "candidates"
+            for chunk in _chunks_by_instruction(todo, spec.batch_size):
+                images = [load_rgb(root / rel) for rel in chunk["image"]]
+                values = _score_column(scorer, spec, images, list(chunk["prompt"]))
+                chunk_ids = list(chunk["candidate_id"])
+                clean = [None if not np.isfinite(v) else float(v) for v in values]
+                ledger.add(f"chunk:{chunk_ids[0]}", ids=chunk_ids, scores=clean)
+                known.update(zip(chunk_ids, (math.nan if v is None else v for v in clean)))
+                computed += len(chunk_ids)
+                if computed % (spec.batch_size * 50) < len(chunk_ids):
+                    log(f"[scores] {spec.name}: {computed}/{len(todo)} images")
+    finally:
+        ledger.close()
+    return np.array([known[cid] for cid in ids], dtype=np.float64), {"cached": cached, "computed": computed}
+
+
+def _chunks_by_instruction(rows: Any, batch_size: int):
+    """Consecutive row blocks of about ``batch_size`` images that never split an instruction."""
+    start = 0
+    ids = list(rows["instruction_id"])
+    n = len(ids)
+    while start < n:
+        end = min(n, start + batch_size)
+        while end < n and ids[end] == ids[end - 1]:
+            end += 1
+        yield rows.iloc[start:end]
+        start = end
