@@ -24,7 +24,7 @@ from instructengine.shapes.pipeline import WEIGHTS_DIR
 from instructengine.shapes.render import render
 from instructengine.shapes.scene import (
     BACKGROUNDS, COLOURS, COUNTS, PALETTES, RELATIONS, SHAPES, SIZES, MAX_COUNT_IN_RELATION,
-    Group, Scene, SceneSampler,
+    Scene, SceneSampler,
 )
 
 DEFAULT_CLIP_DIR = WEIGHTS_DIR / "shapes-clip"
@@ -222,5 +222,4 @@ def retrieval_accuracy(scorer: ShapesClipScorer, n: int = 500, seed: int = 123, 
     return {"top1_of_%d" % pool: float(np.mean(top1)), "beats_hard_negative": float(np.mean(true > hard)), "n": n}
 
 
-__all__ = ["ContrastiveConfig", "ShapesClipScorer", "train_contrastive", "retrieval_accuracy", "perturb",
-           "Group"]
+__all__ = ["ContrastiveConfig", "ShapesClipScorer", "train_contrastive", "retrieval_accuracy", "perturb"]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from instructengine.shapes.render import DULL_GREY, DULL_MIX, SIZE_PX, object_mask
+from instructengine.shapes.render import DULL_MIX, SIZE_PX, object_mask
 from instructengine.shapes.scene import COLOURS, SHAPES, Scene, parse_caption
 
 ATTRIBUTES = ("count", "colour", "shape", "size", "intact", "relation", "palette", "background")
@@ -30,7 +30,6 @@ NOISY_BG_STD = 0.03
 SIZE_SPLIT = (SIZE_PX["small"] + SIZE_PX["large"]) / 2
 _HUES = np.array([h for _, h in COLOURS.values()])
 _COLOUR_NAMES = list(COLOURS)
-_ = DULL_GREY  # the dull grey is luminance-only, so chroma separates object from background
 
 
 @dataclass

@@ -8,7 +8,6 @@ A checkpoint is written atomically every ``checkpoint_every`` steps and a killed
 
 from __future__ import annotations
 
-import copy
 import io
 import json
 import time
@@ -169,4 +168,4 @@ def load_ema_from_checkpoint(cfg: PretrainConfig) -> list[torch.Tensor]:
     return torch.load(Path(cfg.out_dir) / "checkpoint.pt", weights_only=False)["ema"]
 
 
-__all__ = ["PretrainConfig", "pretrain", "save_ema_pipeline", "load_ema_from_checkpoint", "copy"]
+__all__ = ["PretrainConfig", "pretrain", "save_ema_pipeline", "load_ema_from_checkpoint"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from instructengine.shapes.scene import BACKGROUNDS, COLOURS, PALETTES, Group, Scene
+from instructengine.shapes.scene import BACKGROUNDS, COLOURS, PALETTES, Scene
 
 IMAGE_SIZE = 32
 SIZE_PX = {"small": 7, "large": 11}
@@ -113,5 +113,5 @@ def render_caption(caption: str, seed: int) -> np.ndarray:
     return render(parse_caption(caption), seed)
 
 
-def render_batch(scenes: list[Group | Scene], seeds: list[int]) -> np.ndarray:
+def render_batch(scenes: list[Scene], seeds: list[int]) -> np.ndarray:
     return np.stack([render(s, int(seed)) for s, seed in zip(scenes, seeds)])
