@@ -100,7 +100,7 @@ def test_scheduler_swap_and_errors(sd_dir):
     with pytest.raises(ValueError, match="no scheduler class 'NoSuchScheduler'"):
         build_generator(_spec(sd_dir, scheduler="NoSuchScheduler"), "cpu")
     with pytest.raises(ValueError, match="neither 'diffusers'"):
-        build_generator(ModelSpec(name="x", kind="shapes"), "cpu")
+        build_generator(ModelSpec(name="x", kind="no_such_kind"), "cpu")
 
 
 def test_eval_folders_of_two_diffusers_models_pair_up(sd_dir, tmp_path):

@@ -26,10 +26,10 @@ def test_shapesbench_two_models_full_report_within_five_minutes(tmp_path):
     cfg = validate_config(EvalConfig, {
         "run_dir": str(tmp_path / "run"),
         "benchmark": {"name": "shapesbench"},
-        "models": [{"name": "base", "kind": "shapes_adapters:make_shapes_generator", "options": {}},
-                   {"name": "perturbed", "kind": "shapes_adapters:make_shapes_generator", "options": {"perturb": 0.05}}],
+        "models": [{"name": "base", "kind": "shapes", "options": {"dtype": "bfloat16"}},
+                   {"name": "perturbed", "kind": "shapes", "options": {"dtype": "bfloat16", "perturb": 0.05}}],
         "images_per_prompt": 2, "batch_size": 200, "score_batch_size": 400,
-        "scorers": ["shapes_adapters:make_oracle"],
+        "scorers": ["shapes_oracle", "shapes_clip", "shapes_aesthetic"],
         "report": {"average_metrics": [], "grid_prompts": 6, "grid_seeds": 2},
     })
     t0 = time.perf_counter()
@@ -45,9 +45,8 @@ def test_shapesbench_two_models_full_report_within_five_minutes(tmp_path):
         print(name, m["timings_s"], m["extra"].get("generation_images_per_s"))
         sampling += m["timings_s"]["generate"]
     assert js["n_images"] == 400 and "exact" in js["metrics"]
-    # the 5-minute budget is the sampler's (ShapesWorld's model and steps); the harness adds seconds
     print(f"harness time besides sampling: {total - sampling:.1f}s")
-    assert total - sampling <= 60
+    assert total <= 300, f"two models on ShapesBench took {total:.0f} s (target: 5 minutes on 2 CPU cores)"
 
 
 @pytest.mark.slow
@@ -61,7 +60,7 @@ def test_harness_time_at_shapesbench_size(tmp_path):
         "models": [{"name": "a", "kind": "eval_fakes:make_colour_generator"},
                    {"name": "b", "kind": "eval_fakes:make_colour_generator", "options": {"red_bias": 0.1}}],
         "images_per_prompt": 2, "batch_size": 200, "score_batch_size": 400,
-        "scorers": ["shapes_adapters:make_oracle", "eval_fakes:make_redness"],
+        "scorers": ["shapes_oracle", "eval_fakes:make_redness"],
         "report": {"average_metrics": [], "grid_prompts": 6, "grid_seeds": 2},
     })
     t0 = time.perf_counter()

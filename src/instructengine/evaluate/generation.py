@@ -71,7 +71,7 @@ class ModelSpec(Config):
 
 
 GeneratorFactory = Callable[[dict[str, Any], str], ImageGenerator]
-_REGISTRY: dict[str, GeneratorFactory | str] = {}
+_REGISTRY: dict[str, GeneratorFactory | str] = {"shapes": "instructengine.shapes.harness:make_generator"}
 
 
 def register_generator(name: str, factory: GeneratorFactory | str) -> None:

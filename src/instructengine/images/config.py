@@ -44,7 +44,7 @@ class GeneratorConfig(Config):
         "diffusers",
         description="diffusers: any diffusers text-to-image pipeline (`model` = Hub id or local folder); "
         "shapes_model: the ShapesWorld diffusion model (`model` = pipeline folder, null = the shipped one); "
-        "shapes_render: the ShapesWorld renderer, a perfect generator for tests; python: `target` factory.",
+        "shapes_render: the ShapesWorld renderer (perfect, or imperfect with `error_rate` > 0); python: `target` factory.",
     )
     model: str | None = Field(
         None, description="diffusers: Hub id or local folder (required); shapes_model: pipeline folder (null: the shipped one)."
@@ -64,6 +64,13 @@ class GeneratorConfig(Config):
         description="AGFSync-style Gaussian noise added to the text condition (prompt embeddings), drawn from the "
         "image's seed, for more diverse candidates; 0 disables it. Its scale is model specific.",
     )
+    error_rate: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="shapes_render only: probability that an image shows its scene with one attribute wrong "
+        "(instructengine.shapes.mistakes), so that the renderer plays a strong but imperfect generator.",
+    )
     dtype: Dtype = Field(
         "float32",
         description="diffusers: weights dtype; shapes_model: bfloat16 runs the U-Net under CPU/GPU autocast.",
@@ -82,6 +89,8 @@ class GeneratorConfig(Config):
         if self.kind == "diffusers" and not self.model:
             raise ValueError("generator.kind=diffusers needs generator.model (a Hub id such as "
                              "stabilityai/stable-diffusion-xl-base-1.0, or a local pipeline folder)")
+        if self.error_rate and self.kind != "shapes_render":
+            raise ValueError(f"generator.error_rate applies to kind=shapes_render only, not kind={self.kind}")
         if self.kind == "python" and not self.target:
             raise ValueError("generator.kind=python needs generator.target ('package.module:factory')")
         return self

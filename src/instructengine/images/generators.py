@@ -202,21 +202,30 @@ class ShapesModelGenerator:
 
 
 class ShapesRenderGenerator:
-    """The ShapesWorld renderer as a generator: every image matches its caption exactly.
+    """The ShapesWorld renderer as a generator: every image matches its caption exactly, or, with
+    ``error_rate`` > 0, shows one attribute wrong with that probability (an imperfect generator;
+    :mod:`instructengine.shapes.mistakes`).
 
     A prompt that is not a ShapesWorld caption raises ``CaptionError`` (a ValueError), which the
     candidates stage records as that instruction's failure.
     """
 
     def __init__(self, cfg: GeneratorConfig | None = None):
-        self.fingerprint = (cfg or GeneratorConfig(kind="shapes_render")).fingerprint()
+        cfg = cfg or GeneratorConfig(kind="shapes_render")
+        self.fingerprint = cfg.fingerprint()
+        self.error_rate = cfg.error_rate
         self.can_flag = False
 
     def generate(self, prompts: Sequence[str], seeds: Sequence[int]) -> Generated:
-        from instructengine.shapes.render import render_caption
+        from instructengine.shapes.mistakes import imperfect_scene
+        from instructengine.shapes.render import render
 
         _check(prompts, seeds)
-        return Generated([render_caption(p, int(s)) for p, s in zip(prompts, seeds)])
+        images = []
+        for p, s in zip(prompts, seeds):
+            scene, _ = imperfect_scene(p, int(s), self.error_rate)
+            images.append(render(scene, int(s)))
+        return Generated(images)
 
 
 def build_generator(cfg: GeneratorConfig) -> ImageGenerator:

@@ -1,7 +1,8 @@
 """Scorers with one interface, ``score(images, prompts) -> np.ndarray`` (see :mod:`.base`).
 
 Built-in names: pickscore, imagereward, hpsv2, clip, blip, aesthetic (the paper's six), ict, hp,
-and vqa. Importing this package imports no model code; each factory imports what it needs.
+and vqa; ShapesWorld's shapes_oracle, shapes_clip and shapes_aesthetic. Importing this package imports
+no model code; each factory imports what it needs.
 """
 
 from instructengine.evaluate.scorers.base import (

@@ -1,0 +1,60 @@
+"""Time a ShapesWorld evaluation of two models through the harness, report included.
+
+Target (issue "evaluation harness"): two models on ShapesBench with the full report in <= 5 minutes
+on 2 CPU cores.
+
+    python benchmarks/shapes_eval.py                                  # configs/eval_shapes.yaml
+    python benchmarks/shapes_eval.py --config configs/eval_shapes.yaml --threads 2 --target 300
+
+Runs in a fresh temporary run folder (nothing reused), prints the time per model and stage from
+the manifests, and exits 1 when the total exceeds the target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="configs/eval_shapes.yaml")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--target", type=float, default=300.0, help="seconds")
+    ap.add_argument("overrides", nargs="*", help="dotted overrides of the eval config")
+    args = ap.parse_args()
+
+    import torch
+
+    from instructengine.config import load_config
+    from instructengine.evaluate.config import EvalConfig
+    from instructengine.evaluate.report import report
+    from instructengine.evaluate.runner import evaluate
+
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = load_config(EvalConfig, args.config, [*args.overrides, f"run_dir={tmp}"])
+        t0 = time.perf_counter()
+        folders = evaluate(cfg, log=lambda s: None)
+        t_eval = time.perf_counter() - t0
+        paths = report(cfg, log=lambda s: None)
+        total = time.perf_counter() - t0
+        js = json.loads(Path(paths["json"]).read_text())
+        result = {"models": js["models"], "n_images_per_model": js["n_images"], "eval_s": round(t_eval, 1),
+                  "report_s": round(total - t_eval, 1), "total_s": round(total, 1), "threads": args.threads,
+                  "exact": {m: round(js["means"]["exact"][m], 4) for m in js["models"]} if "exact" in js["means"] else None}
+        for name, folder in folders.items():
+            m = json.loads((Path(folder) / "manifest.json").read_text())
+            result[f"timings_{name}"] = m["timings_s"]
+    print(json.dumps(result, indent=1))
+    ok = total <= args.target
+    print(f"{'OK' if ok else 'OVER TARGET'}: {total:.0f} s for two models (target {args.target:.0f} s)")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

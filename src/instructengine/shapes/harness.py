@@ -1,0 +1,167 @@
+"""ShapesWorld in the evaluation harness: a generator kind and three scorers.
+
+Registered in :mod:`instructengine.evaluate` under these names (configs/eval_shapes.yaml)::
+
+    models:  - {name: base, kind: shapes, options: {guidance_scale: 5.0}}
+             - {name: aligned, kind: shapes, options: {unet: runs/demo/train/cv_dpo/final/unet}}
+    scorers: [shapes_oracle, shapes_clip, shapes_aesthetic]
+
+* ``shapes`` samples a ShapesWorld pipeline folder (default: the shipped model), optionally with a
+  trained U-Net swapped in, or with its U-Net weights perturbed ("a perturbed copy");
+* ``shapes_oracle``: exact match and one column per attribute (NaN where a caption does not state
+  the attribute);
+* ``shapes_clip``: the tiny contrastive model's image-text cosine (the world's CLIP score);
+* ``shapes_aesthetic``: a prompt-free palette/cleanliness measure in [0, 1], the world's aesthetic
+  predictor: half the objects' mean chroma relative to the vivid palette, half the background's
+  cleanliness (1 for flat, 0 at twice the oracle's noisy threshold).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = ["GENERATOR_OPTIONS", "ShapesEvalGenerator", "make_aesthetic", "make_clip", "make_generator", "make_oracle"]
+
+#: the options of ``kind: shapes`` and their defaults (the main evaluation settings of ShapesWorld)
+GENERATOR_OPTIONS: dict[str, Any] = {
+    "path": None,                 # ShapesPipeline folder; None: the shipped model
+    "unet": None,                 # a trained U-Net folder (diffusers format) swapped into the pipeline
+    "perturb": 0.0,               # add perturb * std(param) Gaussian noise to every U-Net weight
+    "perturb_seed": 1234,
+    "guidance_scale": 5.0,
+    "num_inference_steps": 20,
+    "sampler": "dpmpp",
+    "dtype": "float32",           # bfloat16: sample under autocast (faster on CPU, not bit-identical)
+    "threads": None,              # torch CPU threads
+}
+
+
+def _rgb(images: Sequence[Any]) -> np.ndarray:
+    return np.stack([np.asarray(im.convert("RGB") if hasattr(im, "convert") else im, dtype=np.uint8) for im in images])
+
+
+class ShapesEvalGenerator:
+    """``generate(prompts, seeds) -> list[PIL.Image]`` over a ShapesWorld pipeline (see the module doc)."""
+
+    def __init__(self, options: dict[str, Any], device: str = "cpu"):
+        import torch
+
+        from instructengine.images.config import GeneratorConfig
+        from instructengine.images.generators import ShapesModelGenerator
+        from instructengine.shapes.pipeline import load_pipeline
+
+        unknown = sorted(set(options) - set(GENERATOR_OPTIONS))
+        if unknown:
+            raise ValueError(f"kind 'shapes': unknown option(s) {unknown}; known: {sorted(GENERATOR_OPTIONS)}")
+        self.options = {**GENERATOR_OPTIONS, **options}
+        o = self.options
+        if o["threads"]:
+            torch.set_num_threads(int(o["threads"]))
+        pipe = load_pipeline(o["path"], device=device)
+        if o["unet"]:
+            from diffusers import UNet2DConditionModel
+
+            unet_dir = Path(o["unet"])
+            if (unet_dir / "unet" / "config.json").is_file():
+                unet_dir = unet_dir / "unet"
+            if not (unet_dir / "config.json").is_file():
+                raise FileNotFoundError(f"kind 'shapes': option unet={o['unet']!r} is not a diffusers U-Net folder "
+                                        "(config.json + weights), e.g. runs/demo/train/cv_dpo/final/unet")
+            pipe.unet = UNet2DConditionModel.from_pretrained(unet_dir).to(device).eval()
+        if float(o["perturb"]):
+            g = torch.Generator().manual_seed(int(o["perturb_seed"]))
+            with torch.no_grad():
+                for p in pipe.unet.parameters():
+                    p.add_(float(o["perturb"]) * p.std().nan_to_num(0.0) * torch.randn(p.shape, generator=g))
+        cfg = GeneratorConfig(kind="shapes_model", model=str(o["path"]) if o["path"] else None, device=device,
+                              guidance_scale=float(o["guidance_scale"]),
+                              num_inference_steps=int(o["num_inference_steps"]), sampler=o["sampler"], dtype=o["dtype"])
+        self._gen = ShapesModelGenerator(cfg, pipe=pipe)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "shapes", **{k: (str(v) if isinstance(v, Path) else v) for k, v in self.options.items()}}
+
+    def generate(self, prompts: list[str], seeds: list[int]) -> list[Any]:
+        from PIL import Image
+
+        return [Image.fromarray(a) for a in self._gen.generate(prompts, seeds).images]
+
+
+def make_generator(options: dict[str, Any], device: str) -> ShapesEvalGenerator:
+    return ShapesEvalGenerator(options, device)
+
+
+class OracleScorer:
+    """The exact oracle: ``exact`` and one column per attribute (NaN = not stated in the caption)."""
+
+    name = "shapes_oracle"
+
+    def __init__(self) -> None:
+        from instructengine.shapes.oracle import ATTRIBUTES
+
+        self.columns = ("exact",) + tuple(ATTRIBUTES)
+
+    def score(self, images: Sequence[Any], prompts: Sequence[str]) -> np.ndarray:
+        from instructengine.shapes.oracle import judge_batch
+
+        verdicts = judge_batch(_rgb(images), list(prompts))
+        return np.array([[np.nan if v[c] is None else float(v[c]) for c in self.columns] for v in verdicts],
+                        dtype=float).reshape(len(verdicts), len(self.columns))
+
+
+class ClipScorer:
+    """The tiny contrastive model's cosine between image and caption."""
+
+    name = "shapes_clip"
+
+    def __init__(self, path: str | None, device: str):
+        from instructengine.shapes.contrastive import ShapesClipScorer
+
+        self.model = ShapesClipScorer(path, device=device)
+
+    def score(self, images: Sequence[Any], prompts: Sequence[str]) -> np.ndarray:
+        return np.asarray(self.model.score(_rgb(images), list(prompts)), dtype=float)
+
+
+def aesthetic_score(image: np.ndarray) -> float:
+    """Palette/cleanliness in [0, 1] of one (H, W, 3) uint8 image (see the module doc)."""
+    from instructengine.shapes.oracle import NOISY_BG_STD, VIVID_CHROMA, detect
+    from instructengine.shapes.render import DULL_MIX
+
+    objects, bg_std = detect(image)
+    vivid_ref = VIVID_CHROMA / (1 - DULL_MIX / 2)  # the vivid palette's chroma (~0.84)
+    chroma = float(np.mean([o.chroma for o in objects])) if objects else 0.0
+    palette = min(chroma / vivid_ref, 1.0)
+    clean = 1.0 - min(bg_std / (2 * NOISY_BG_STD), 1.0)
+    return 0.5 * palette + 0.5 * clean
+
+
+class AestheticScorer:
+    """The world's aesthetic predictor: :func:`aesthetic_score`, prompt-free like LAION's."""
+
+    name = "shapes_aesthetic"
+
+    def score(self, images: Sequence[Any], prompts: Sequence[str]) -> np.ndarray:
+        return np.array([aesthetic_score(im) for im in _rgb(images)], dtype=float)
+
+
+def make_oracle(options: dict[str, Any], ctx: Any) -> OracleScorer:
+    if options:
+        raise ValueError(f"scorer shapes_oracle takes no options, got {sorted(options)}")
+    return OracleScorer()
+
+
+def make_clip(options: dict[str, Any], ctx: Any) -> ClipScorer:
+    unknown = sorted(set(options) - {"path"})
+    if unknown:
+        raise ValueError(f"scorer shapes_clip: unknown option(s) {unknown}; known: ['path']")
+    return ClipScorer(options.get("path"), getattr(ctx, "device", "cpu"))
+
+
+def make_aesthetic(options: dict[str, Any], ctx: Any) -> AestheticScorer:
+    if options:
+        raise ValueError(f"scorer shapes_aesthetic takes no options, got {sorted(options)}")
+    return AestheticScorer()
