@@ -46,7 +46,7 @@ def main() -> int:
         js = json.loads(Path(paths["json"]).read_text())
         result = {"models": js["models"], "n_images_per_model": js["n_images"], "eval_s": round(t_eval, 1),
                   "report_s": round(total - t_eval, 1), "total_s": round(total, 1), "threads": args.threads,
-                  "exact": {m: round(js["means"]["exact"][m], 4) for m in js["models"]} if "exact" in js["means"] else None}
+                  "exact": {m: js["means"][m].get("exact") for m in js["models"]}}
         for name, folder in folders.items():
             m = json.loads((Path(folder) / "manifest.json").read_text())
             result[f"timings_{name}"] = m["timings_s"]

@@ -83,3 +83,18 @@ def test_shipped_eval_config_validates():
     assert [m.kind for m in cfg.models] == ["shapes", "shapes"]
     with pytest.raises(ConfigError):
         validate_config(EvalConfig, {"models": []})
+
+
+def test_ablation_evaluator_through_the_harness(tmp_path):
+    from instructengine.shapes.harness import ablation_evaluator
+    from instructengine.shapes.pipeline import DEFAULT_MODEL_DIR
+
+    csv = tmp_path / "val.csv"
+    csv.write_text("prompt,category\ntwo small red circles,counting\na large blue square,colours\n")
+    df = ablation_evaluator(DEFAULT_MODEL_DIR, "base-val", tmp_path / "run", str(csv), [3, 4],
+                            num_inference_steps=2, threads=1)
+    assert sorted(zip(df.prompt_index, df.seed)) == [(0, 3), (0, 4), (1, 3), (1, 4)]
+    assert {"exact", "count", "colour"} <= set(df.columns) and df["exact"].isin([0.0, 1.0]).all()
+    again = ablation_evaluator(DEFAULT_MODEL_DIR, "base-val", tmp_path / "run", str(csv), [3, 4],
+                               num_inference_steps=2, threads=1)  # reused from disk
+    assert again.equals(df)

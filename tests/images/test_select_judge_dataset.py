@@ -114,6 +114,7 @@ def test_dataset_schema_images_and_funnel(shapes_run):
         assert f"| {c['in']:,} | {c['out']:,} |" in card
     assert f"| kept samples | pairs | 60 | {len(df)} |" in card
     assert "`rejected:" in card and (root / "hist_theme.png").stat().st_size > 1000
+    assert "images_helpers:make_mistake_generator" in card and "steps, guidance" not in card  # no sampler here
     assert (root / "hist_dimension.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -205,3 +206,13 @@ def test_select_resumes_after_a_crash_without_rescoring(shapes_run, tmp_path):
     assert m.extra["scores_cached"] > 0 and m.extra["scores_computed"] + m.extra["scores_cached"] == m.extra["candidates_scored"]
     pd.testing.assert_frame_equal(pd.read_parquet(run / "select" / "selected.parquet"),
                                   pd.read_parquet(src / "select" / "selected.parquet"))
+
+
+def test_card_states_what_determines_the_images():
+    from instructengine.images.card import _generator_settings
+    from instructengine.images.config import GeneratorConfig
+
+    assert "error_rate" in _generator_settings(GeneratorConfig(kind="shapes_render", error_rate=0.5))
+    assert "0.5" in _generator_settings(GeneratorConfig(kind="shapes_render", error_rate=0.5))
+    text = _generator_settings(GeneratorConfig(kind="shapes_model", num_inference_steps=8, guidance_scale=3.0))
+    assert "8 steps" in text and "guidance 3.0" in text

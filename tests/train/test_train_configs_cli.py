@@ -28,10 +28,14 @@ def test_train_yamls_hold_the_paper_defaults(name):
 
 def test_ablation_yaml_has_the_table2_arms():
     cfg = load_config(AblationConfig, CONFIGS / "ablation_shapes.yaml")
-    assert {a.name: a.method for a in cfg.arms} == {
+    arms = {a.name: a.method for a in cfg.arms}
+    assert arms.items() >= {
         "base": None, "cv_dpo": "cv_dpo", "diffusion_dpo": "diffusion_dpo", "sft": "sft",
-        "discarded_triples": "four_triple_dpo", "random_pick": "cv_dpo"}
-    assert len(cfg.seeds) == 3 and cfg.selection is not None and cfg.selection.prompts != cfg.test_prompts
+        "discarded_triples": "four_triple_dpo", "random_pick": "cv_dpo"}.items()
+    assert len(cfg.seeds) == 3 and len(cfg.test_seeds) >= 2
+    # hyper-parameters were chosen on validation prompts outside the runner (docs/training.md);
+    # a selection inside the runner must never use the test prompts
+    assert cfg.selection is None or cfg.selection.prompts != cfg.test_prompts
 
 
 def test_every_field_has_a_description():

@@ -86,7 +86,7 @@ def write_card(cfg: Any, samples: Any, folder: Path) -> Path:
         "",
         f"- samples: **{len(samples):,}** in `samples.parquet` (image paths relative to this folder)",
         f"- generator: `{cfg.generator.kind}` {cfg.generator.model or ''} - {cfg.candidates.n_candidates} candidates per instruction, "
-        f"{cfg.generator.num_inference_steps} steps, guidance {cfg.generator.guidance_scale}, text noise sigma {cfg.generator.text_noise_sigma}",
+        + _generator_settings(cfg.generator),
         f"- selection scorer: `{cfg.select.scorer.name}`; judge: `{cfg.judge.kind}`"
         + (f" ({cfg.judge_llm().model})" if cfg.judge.kind == "vlm" else ""),
         *(
@@ -130,3 +130,12 @@ def write_card(cfg: Any, samples: Any, folder: Path) -> Path:
         "",
     ]
     return atomic_write_text(folder / "README.md", "\n".join(lines))
+
+
+def _generator_settings(gen) -> str:
+    """The settings that determine a generator's images, in words."""
+    if gen.kind == "shapes_render":
+        return f"one attribute wrong in a share {gen.error_rate} of the images (error_rate)"
+    if gen.kind == "python":
+        return f"factory {gen.target} {gen.options}"
+    return f"{gen.num_inference_steps} steps, guidance {gen.guidance_scale}, text noise sigma {gen.text_noise_sigma}"

@@ -19,11 +19,14 @@ Registered in :mod:`instructengine.evaluate` under these names (configs/eval_sha
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-__all__ = ["GENERATOR_OPTIONS", "ShapesEvalGenerator", "make_aesthetic", "make_clip", "make_generator", "make_oracle"]
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["GENERATOR_OPTIONS", "ShapesEvalGenerator", "ablation_evaluator", "make_aesthetic", "make_clip", "make_generator", "make_oracle"]
 
 #: the options of ``kind: shapes`` and their defaults (the main evaluation settings of ShapesWorld)
 GENERATOR_OPTIONS: dict[str, Any] = {
@@ -165,3 +168,27 @@ def make_aesthetic(options: dict[str, Any], ctx: Any) -> AestheticScorer:
     if options:
         raise ValueError(f"scorer shapes_aesthetic takes no options, got {sorted(options)}")
     return AestheticScorer()
+
+
+def ablation_evaluator(model_dir: str | Path, name: str, run_dir: str | Path, prompts: str, seeds: list[int],
+                       guidance_scale: float = 5.0, num_inference_steps: int = 20, sampler: str = "dpmpp",
+                       dtype: str = "bfloat16", threads: int | None = None, batch_size: int = 200) -> "pd.DataFrame":
+    """The ablation runner's evaluator (``instructengine.train.ablation``) through the harness: sample a
+    ShapesWorld pipeline folder on ``prompts`` ('shapesbench' or a CSV with prompt[,category]) with
+    ``seeds`` and judge every image with the oracle; returns the scores table (resumable on disk)."""
+    import pandas as pd
+
+    from instructengine.config import validate_config
+    from instructengine.evaluate.config import EvalConfig
+    from instructengine.evaluate.runner import evaluate
+
+    bench = {"name": "shapesbench"} if prompts == "shapesbench" else {"name": Path(prompts).stem, "path": str(prompts)}
+    options = {"path": str(model_dir), "guidance_scale": guidance_scale, "num_inference_steps": num_inference_steps,
+               "sampler": sampler, "dtype": dtype, "threads": threads}
+    cfg = validate_config(EvalConfig, {
+        "run_dir": str(run_dir), "benchmark": bench, "seeds": list(seeds), "batch_size": batch_size,
+        "score_batch_size": 400, "scorers": ["shapes_oracle"],
+        "models": [{"name": name, "kind": "shapes", "options": options}],
+    }, "ablation evaluator")
+    folders = evaluate(cfg, log=lambda s: None)
+    return pd.read_parquet(Path(folders[name]) / "scores.parquet")
