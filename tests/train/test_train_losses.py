@@ -145,3 +145,36 @@ def test_preference_metrics_by_hand():
 def test_shape_errors_are_explained():
     with pytest.raises(ValueError, match=r"\(B, 4\)"):
         cross_validation_dpo_loss(torch.zeros(2, 2), torch.zeros(2, 2), 1.0)
+
+
+def test_sft_regulariser_adds_the_preferred_error_and_its_gradient():
+    from instructengine.train.config import LossConfig
+    from instructengine.train.losses import LOSSES, per_sample_loss, preferred_error
+
+    assert LOSSES["cross_validation_dpo"].winner_columns == (0, 2)
+    assert LOSSES["four_triple_dpo"].winner_columns == (0, 2)
+    assert LOSSES["diffusion_dpo"].winner_columns == (0,)
+    err = torch.tensor([[0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8]])
+    assert torch.allclose(preferred_error(err, (0, 2)), torch.tensor([0.2, 0.6]))
+    spec = LOSSES["cross_validation_dpo"]
+    beta, w = 100.0, 30.0
+    model = torch.full((1, 4), 0.05, requires_grad=True)
+    ref = torch.full((1, 4), 0.05)
+    plain = per_sample_loss(spec, model, ref, LossConfig(beta=beta))
+    reg = per_sample_loss(spec, model, ref, LossConfig(beta=beta, sft_weight=w))
+    assert torch.allclose(reg - plain, torch.tensor([w * 0.05]))
+    (grad,) = torch.autograd.grad(reg.sum(), model)
+    # policy == reference: each winner's DPO gradient is beta/2, the regulariser adds w/2 (mean of 2 columns)
+    assert torch.allclose(grad[0, [0, 2]], torch.tensor([beta / 2 + w / 2] * 2))
+    assert torch.allclose(grad[0, [1, 3]], torch.tensor([-beta / 2] * 2))
+
+
+def test_sft_weight_only_for_dpo_family_methods():
+    from instructengine.config import ConfigError, validate_config
+    from instructengine.train.config import TrainConfig
+
+    ok = validate_config(TrainConfig, {"method": "cv_dpo", "loss": {"sft_weight": 2500}})
+    assert ok.loss.sft_weight == 2500
+    for method in ("sft", "orpo", "refl"):
+        with pytest.raises(ConfigError, match="sft_weight applies to the DPO-family"):
+            validate_config(TrainConfig, {"method": method, "loss": {"sft_weight": 1}})

@@ -122,6 +122,14 @@ class LossConfig(Config):
     mapo_beta: float = Field(0.1, ge=0, description="MaPO: weight of the margin term")
     mapo_temperature: float = Field(0.5, gt=0, description="MaPO: z = temperature * error in f(z) = z/(e^z - 1)")
     mapo_margin_scale: float = Field(1000.0, gt=0, description="MaPO: multiplier inside the log-sigmoid (T)")
+    sft_weight: float = Field(
+        0.0,
+        ge=0,
+        description="DPO-family methods only: add sft_weight x the policy's denoising error on the preferred "
+        "(instruction, image) combinations (the winners of the loss's triples) to each sample's loss, a regulariser "
+        "against likelihood displacement; 0 = the paper's loss. At sft_weight = beta/2 its gradient equals the DPO "
+        "term's at the start",
+    )
 
 
 class ReflConfig(Config):
@@ -252,6 +260,14 @@ class TrainConfig(Config):
             )
         if self.max_timestep is not None and self.max_timestep <= self.min_timestep:
             raise ValueError(f"max_timestep={self.max_timestep} must be > min_timestep={self.min_timestep}")
+        if self.loss.sft_weight:
+            from instructengine.train.losses import LOSSES
+            from instructengine.train.methods import METHODS
+
+            loss = METHODS[self.method].loss
+            if loss is None or not LOSSES[loss].needs_reference:
+                raise ValueError(f"loss.sft_weight applies to the DPO-family methods (cv_dpo, diffusion_dpo, "
+                                 f"four_triple_dpo, reward_dpo), not to method={self.method!r}")
         return self
 
     @property

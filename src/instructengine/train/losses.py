@@ -58,6 +58,8 @@ __all__ = [
     "per_sample_mse",
     "preference_metrics",
     "sft_loss",
+    "per_sample_loss",
+    "preferred_error",
 ]
 
 Layout = Literal["quad", "pair", "single"]
@@ -135,6 +137,14 @@ def sft_loss(model_err: torch.Tensor) -> torch.Tensor:
     return model_err.mean(dim=1)
 
 
+def preferred_error(model_err: torch.Tensor, winner_columns: tuple[int, ...]) -> torch.Tensor:
+    """The policy's mean denoising error over the preferred combinations (columns), shape (B,): the
+    SFT-style regulariser ``loss.sft_weight`` adds to a DPO-family loss."""
+    if not winner_columns:
+        raise ValueError("preferred_error needs at least one winner column")
+    return model_err[:, list(winner_columns)].mean(dim=1)
+
+
 def _log_odds(err: torch.Tensor, likelihood_scale: float) -> torch.Tensor:
     # log p = -s * err stands in for the image log-likelihood; odds = p / (1 - p).
     log_p = -likelihood_scale * err.clamp_min(1e-12)
@@ -191,6 +201,11 @@ class LossSpec:
     #: (label, winner column, loser column) of the triples reported as implicit accuracy/margins
     triples: tuple[tuple[str, int, int], ...]
     summary: str
+
+    @property
+    def winner_columns(self) -> tuple[int, ...]:
+        """The columns of the preferred (instruction, image) combinations, in order."""
+        return tuple(sorted({w for _, w, _ in self.triples}))
 
 
 _QUAD_TRIPLES = (("x1", 0, 1), ("x2", 2, 3))
@@ -253,3 +268,12 @@ def preference_metrics(
 
 
 LOG2 = math.log(2.0)
+
+
+def per_sample_loss(spec: LossSpec, model_err: torch.Tensor, ref_err: torch.Tensor | None, cfg: "LossConfig") -> torch.Tensor:
+    """A method's loss per sample, shape (B,): ``spec.fn`` plus, when ``cfg.sft_weight`` > 0, that
+    weight times the policy's error on the preferred combinations (DPO + SFT regulariser)."""
+    out = spec.fn(model_err, ref_err, cfg)
+    if getattr(cfg, "sft_weight", 0.0):
+        out = out + cfg.sft_weight * preferred_error(model_err, spec.winner_columns)
+    return out

@@ -39,7 +39,7 @@ import torch
 from instructengine.config import config_hash
 from instructengine.runs import StageDir, atomic_write_text
 from instructengine.train.config import TrainConfig
-from instructengine.train.losses import LOSSES, preference_metrics
+from instructengine.train.losses import LOSSES, per_sample_loss, preference_metrics
 from instructengine.train.methods import METHODS
 
 __all__ = ["TrainResult", "Trainer", "TrainingDiverged", "run_training"]
@@ -347,7 +347,7 @@ class Trainer:
             caption_dropout=cfg.data.caption_dropout, timestep_range=(cfg.min_timestep, high),
             fused=cfg.fused_forward, autocast=self.acc.autocast,
         )
-        loss = spec.fn(model_err, ref_err, cfg.loss).mean()
+        loss = per_sample_loss(spec, model_err, ref_err, cfg.loss).mean()
         return loss, preference_metrics(spec, model_err, ref_err, cfg.loss.beta)
 
     def _refl_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
