@@ -120,7 +120,6 @@ class DiffusersGenerator:
     """
 
     def __init__(self, spec: ModelSpec, device: str = "cpu"):
-        import diffusers
         from diffusers import DiffusionPipeline
 
         if not spec.pretrained:
@@ -138,10 +137,7 @@ class DiffusersGenerator:
             warnings.filterwarnings("ignore", message=".*torch_dtype.*is deprecated", category=FutureWarning)
             pipe = DiffusionPipeline.from_pretrained(spec.pretrained, **kwargs)
         if spec.scheduler:
-            cls = getattr(diffusers, spec.scheduler, None)
-            if cls is None or not hasattr(cls, "from_config"):
-                raise ValueError(f"model {spec.name!r}: diffusers has no scheduler class {spec.scheduler!r}")
-            pipe.scheduler = cls.from_config(pipe.scheduler.config)
+            swap_scheduler(pipe, spec.scheduler, f"model {spec.name!r}")
         if spec.lora:
             pipe.load_lora_weights(spec.lora, adapter_name="eval_lora")
             pipe.set_adapters(["eval_lora"], adapter_weights=[spec.lora_scale])
@@ -185,6 +181,20 @@ class DiffusersGenerator:
         flags = getattr(out, "nsfw_content_detected", None)
         self.last_nsfw = [bool(f) for f in flags] if flags is not None else None
         return list(out.images)
+
+
+def swap_scheduler(pipe: Any, name: str, where: str) -> None:
+    """Replace ``pipe.scheduler`` by diffusers' class ``name`` built from the current scheduler's config.
+
+    Raises:
+        ValueError: diffusers has no scheduler class of that name (the message starts with ``where``).
+    """
+    import diffusers
+
+    cls = getattr(diffusers, name, None)
+    if cls is None or not hasattr(cls, "from_config"):
+        raise ValueError(f"{where}: diffusers has no scheduler class {name!r}")
+    pipe.scheduler = cls.from_config(pipe.scheduler.config)
 
 
 def _load_unet(path: str, dtype):

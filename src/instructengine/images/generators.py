@@ -88,7 +88,6 @@ class DiffusersImageGenerator:
         self.fingerprint = cfg.fingerprint()
         dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[cfg.dtype]
         if pipe is None:
-            import diffusers
             from diffusers import DiffusionPipeline
 
             kwargs: dict[str, Any] = {"local_files_only": cfg.local_files_only}
@@ -98,10 +97,9 @@ class DiffusersImageGenerator:
                 kwargs.update(safety_checker=None, requires_safety_checker=False)
             pipe = DiffusionPipeline.from_pretrained(cfg.model, **kwargs)
             if cfg.scheduler:
-                cls = getattr(diffusers, cfg.scheduler, None)
-                if cls is None or not hasattr(cls, "from_config"):
-                    raise ValueError(f"generator.scheduler: diffusers has no scheduler class {cfg.scheduler!r}")
-                pipe.scheduler = cls.from_config(pipe.scheduler.config)
+                from instructengine.evaluate.generation import swap_scheduler
+
+                swap_scheduler(pipe, cfg.scheduler, "generator.scheduler")
         pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe.to(cfg.device)
         self.can_flag = getattr(pipe, "safety_checker", None) is not None

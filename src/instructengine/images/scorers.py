@@ -3,7 +3,8 @@
 A scorer has ``name`` and ``score(images, prompts) -> np.ndarray`` (one value per image, or one
 row per image for multi-column scorers; NaN = not measured). Names:
 
-* ``shapes_clip`` - ShapesWorld's tiny contrastive model (option ``path``; default: the shipped one);
+* ``shapes_clip`` - ShapesWorld's tiny contrastive model (option ``path``; default: the shipped one),
+  the harness's scorer (:mod:`instructengine.shapes.harness`);
 * ``shapes_oracle`` - the share of the caption's stated attributes the oracle finds in the image
   (a graded, exact ShapesWorld score; NaN for a prompt that is not a ShapesWorld caption);
 * anything :func:`instructengine.evaluate.scorers.build_scorer` knows (``blip``, ``hpsv2``,
@@ -58,14 +59,7 @@ def build_image_scorer(spec: ScorerSpec, run_dir: str | Path | None = None) -> A
     Raises:
         ValueError: unknown scorer name or bad options (the message lists what is allowed).
     """
-    if spec.name == "shapes_clip":
-        unknown = sorted(set(spec.options) - {"path"})
-        if unknown:
-            raise ValueError(f"scorer shapes_clip: unknown options {unknown}; it takes only 'path'")
-        from instructengine.shapes.contrastive import ShapesClipScorer
-
-        return ShapesClipScorer(spec.options.get("path"), device=spec.device)
-    if spec.name == "shapes_oracle":
+    if spec.name == "shapes_oracle":  # graded here; the harness's shapes_oracle gives exact + per-attribute columns
         if spec.options:
             raise ValueError(f"scorer shapes_oracle takes no options, got {sorted(spec.options)}")
         return ShapesOracleScorer()
