@@ -26,6 +26,14 @@ def test_oracle_scorer_columns_and_values():
     assert out[2, 0] == 0.0 and out[3, 0] == 0.0  # and not each other's
     rel = scorer.columns.index("relation")
     assert np.isnan(out[0, rel]) and out[1, rel] == 1.0  # not stated -> NaN
+    share = scorer.columns.index("share")  # graded: share of the stated attributes that hold
+    assert out[0, share] == 1.0 and out[1, share] == 1.0
+    stated = out[2, 1:share][~np.isnan(out[2, 1:share])]
+    assert 0.0 <= out[2, share] < 1.0 and out[2, share] == pytest.approx(stated.mean())
+    # a prompt that is not a ShapesWorld caption is not measured: a row of NaN, not an error
+    assert np.isnan(scorer.score(images[:1], ["a photo of a cat"])).all()
+    with pytest.raises(ValueError, match="2 images but 1 prompts"):
+        scorer.score(images, CAPTIONS[:1])
 
 
 def test_aesthetic_prefers_vivid_clean_over_dull_noisy():

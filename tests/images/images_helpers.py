@@ -69,7 +69,7 @@ def make_config(run_dir: Path, **sections: Any) -> DataPipelineConfig:
         "run_dir": str(run_dir),
         "generator": {"kind": "shapes_render"},
         "candidates": {"n_candidates": 3, "instructions_per_call": 4},
-        "select": {"scorer": {"name": "shapes_oracle"}},
+        "select": {"scorer": {"name": "shapes_oracle", "column": "share"}},
         "judge": {"kind": "oracle"},
     }
     for key, value in sections.items():

@@ -29,9 +29,9 @@ def shapes_run(shapes_text_run, tmp_path_factory):
         generator=MISTAKES,
         candidates={"n_candidates": 3, "instructions_per_call": 8, "max_pairs": 60},
         baselines=[
-            {"name": "oracle_bw", "scorers": [{"name": "shapes_oracle"}]},
+            {"name": "oracle_bw", "scorers": [{"name": "shapes_oracle", "column": "share"}]},
             {"name": "agfsync", "normalize": "zscore",
-             "scorers": [{"name": "shapes_oracle", "weight": 0.7}, {"name": "shapes_clip", "weight": 0.3,
+             "scorers": [{"name": "shapes_oracle", "column": "share", "weight": 0.7}, {"name": "shapes_clip", "weight": 0.3,
                                                                      "options": {"path": str(_tiny_clip(run.parent))}}]},
         ],
     )
@@ -176,9 +176,10 @@ class CrashingScorer:
     name = "shapes_oracle"
 
     def __init__(self, crash_at: int):
-        from instructengine.images.scorers import ShapesOracleScorer
+        from instructengine.shapes.harness import OracleScorer
 
-        self.inner, self.crash_at, self.calls = ShapesOracleScorer(), crash_at, 0
+        self.inner, self.crash_at, self.calls = OracleScorer(), crash_at, 0
+        self.columns = self.inner.columns
 
     def score(self, images, prompts):
         self.calls += 1

@@ -88,15 +88,25 @@ def _ablation_yaml(tiny_root: Path, tmp_path: Path) -> Path:
     return path
 
 
-def test_ablation_end_to_end_and_resumable(tiny_root, tmp_path):
+def test_ablation_end_to_end_and_resumable(tiny_root, tmp_path, caplog):
     cfg = load_config(AblationConfig, _ablation_yaml(tiny_root, tmp_path))
-    table = run_ablation(cfg)
+    with caplog.at_level("INFO", logger="instructengine.train.ablation"):
+        table = run_ablation(cfg)
+    progress = [r.getMessage() for r in caplog.records]  # what `instructengine train ablation` prints
+    assert any(m.startswith("training cv-seed1 (cv_dpo, max_steps ") for m in progress)
+    assert sum(m.startswith("selection cv grid") for m in progress) == 4
+    assert "evaluated base on test.csv: 18 images" in progress
     text = table.read_text()
     assert [ln.split("|")[1].strip() for ln in text.splitlines()[2:5]] == ["base", "cv", "sft"]
     assert "diff vs base" in text and "Wall time" in text
     summary = json.loads((table.parent / "summary.json").read_text())
     sel = pd.DataFrame(summary["selection"])
-    assert len(sel) == 8  # 2 arms x 2 grid points x 2 stopping points
+    assert len(sel) == 9  # the base model on the validation prompts + 2 arms x 2 grid points x 2 stopping points
+    base_val = sel[sel.arm == "base"].iloc[0]
+    assert base_val.steps == 0 and base_val.exact == pd.read_parquet(table.parent / "scores" / "val-base.parquet").exact.mean()
+    assert "## Selection on validation prompts" in text and "(chosen)" in text
+    assert text.count("(chosen)") == 2  # one per trained arm
+    sel = sel[sel.arm != "base"]
     for arm, rows in sel.groupby("arm"):
         best = rows.loc[rows.exact.idxmax()]
         assert summary["chosen"][arm] == [*best.overrides, f"max_steps={best.steps}"]

@@ -47,6 +47,26 @@ def test_bad_samples_are_counted_by_reason(samples: Path):
     assert dropped == {"identical instructions": 1, "identical images": 1, "image file missing": 1}
 
 
+def test_dimensions_filter_keeps_the_chosen_contrasts_and_counts_the_rest(samples: Path):
+    from pydantic import ValidationError
+
+    df = pd.read_parquet(samples / "samples.parquet")
+    df["dimension"] = ["content", "counterfactual", "aesthetics"] * 2
+    df.to_parquet(samples / "samples.parquet", index=False)
+    items, n_in, dropped = build_items("samples", "quad", DataConfig(path=str(samples), dimensions=["content", "aesthetics"]))
+    kept = df[df.dimension != "counterfactual"]
+    assert n_in == 6 and [it.texts for it in items] == list(zip(kept.instruction_1, kept.instruction_2))
+    assert dropped == {"dimension not selected": 2}
+    with pytest.raises(ValidationError, match=r"unknown dimension\(s\) \['colour'\]"):
+        DataConfig(path=str(samples), dimensions=["colour"])
+    with pytest.raises(ValueError, match="no usable training item.*dimension not selected"):
+        df.assign(dimension="content").to_parquet(samples / "samples.parquet", index=False)
+        build_items("samples", "quad", DataConfig(path=str(samples), dimensions=["aesthetics"]))
+    root = write_candidates(samples.parent / "c", prompts=2, per_prompt=2)
+    with pytest.raises(ValueError, match="data.dimensions filters preference samples"):
+        build_items("candidates", "pair", DataConfig(path=str(root), dimensions=["content"]))
+
+
 def test_candidates_best_and_worst(tmp_path: Path):
     root = write_candidates(tmp_path / "c", prompts=3, per_prompt=3)
     df = pd.read_parquet(root / "candidates.parquet")

@@ -102,6 +102,27 @@ def test_discarded_triples_inside_one_logsigmoid_would_only_double_beta():
     assert not torch.allclose(four_triple_dpo_loss(model, ref, 50.0), cross_validation_dpo_loss(model, ref, 100.0))
 
 
+def test_cross_validation_sees_only_the_interaction_of_instruction_and_image():
+    """Why CV-DPO needs an anchor against likelihood displacement (docs/training.md): every image is the
+    winner of one triple and the loser of the other, so a change of the policy's error that depends on
+    the image only (the preferred images denoised worse) -- or on the instruction only -- cancels
+    inside the one log-sigmoid. Diffusion-DPO's separate image triples do see the image-only change."""
+    model, ref = _errs("quad", b=6, seed=11)
+    g = torch.Generator().manual_seed(1)
+    f_y1, f_y2, g_x1, g_x2 = (0.05 * torch.rand(6, generator=g, dtype=torch.float64) for _ in range(4))
+    shifted = model.clone()
+    shifted[:, [0, 3]] += f_y1[:, None]  # image y1: columns (x1,y1), (x2,y1)
+    shifted[:, [1, 2]] += f_y2[:, None]  # image y2: columns (x1,y2), (x2,y2)
+    shifted[:, [0, 1]] += g_x1[:, None]  # instruction x1
+    shifted[:, [2, 3]] += g_x2[:, None]  # instruction x2
+    torch.testing.assert_close(cross_validation_dpo_loss(shifted, ref, 50.0), cross_validation_dpo_loss(model, ref, 50.0))
+    worse_winner = model.clone()
+    worse_winner[:, [0, 3]] += 0.05  # y1 denoised worse under both instructions
+    torch.testing.assert_close(cross_validation_dpo_loss(worse_winner, ref, 50.0), cross_validation_dpo_loss(model, ref, 50.0))
+    pair = diffusion_dpo_loss(model[:, 0], model[:, 1], ref[:, 0], ref[:, 1], 50.0)  # (x1; y1 > y2) on its own
+    assert torch.all(diffusion_dpo_loss(worse_winner[:, 0], worse_winner[:, 1], ref[:, 0], ref[:, 1], 50.0) > pair)
+
+
 def test_beta_convention_matches_public_diffusion_dpo_code():
     model, ref = _errs("pair", seed=11)
     beta_dpo = 5000.0
@@ -169,6 +190,28 @@ def test_sft_regulariser_adds_the_preferred_error_and_its_gradient():
     assert torch.allclose(grad[0, [1, 3]], torch.tensor([-beta / 2] * 2))
 
 
+def test_hinge_anchor_acts_only_where_the_preferred_error_exceeds_the_reference():
+    from instructengine.train.config import LossConfig
+    from instructengine.train.losses import LOSSES, per_sample_loss, preferred_excess
+
+    spec = LOSSES["cross_validation_dpo"]  # winners: columns 0 (x1, y1) and 2 (x2, y2)
+    ref = torch.full((2, 4), 0.05)
+    # sample 0: winner errors above the reference by 0.02 and 0.00; sample 1: below on both
+    model = torch.tensor([[0.07, 0.05, 0.05, 0.05], [0.04, 0.05, 0.03, 0.05]], requires_grad=True)
+    assert torch.allclose(preferred_excess(model, ref, spec.winner_columns), torch.tensor([0.01, 0.0]))
+    beta, w = 100.0, 40.0
+    plain = per_sample_loss(spec, model, ref, LossConfig(beta=beta))
+    anchored = per_sample_loss(spec, model, ref, LossConfig(beta=beta, anchor_weight=w))
+    assert torch.allclose(anchored - plain, torch.tensor([w * 0.01, 0.0]))
+    (g_plain,) = torch.autograd.grad(plain.sum(), model)
+    (g_anch,) = torch.autograd.grad(anchored.sum(), model)
+    extra = g_anch - g_plain
+    assert torch.allclose(extra[0], torch.tensor([w / 2, 0.0, 0.0, 0.0]))  # only the displaced winner, w / 2 columns
+    assert torch.all(extra[1] == 0)  # no displacement: the anchor does not pull at all (unlike sft_weight)
+    with pytest.raises(ValueError, match="anchor_weight needs the reference"):
+        per_sample_loss(LOSSES["sft"], model, None, LossConfig(anchor_weight=1.0))
+
+
 def test_sft_weight_only_for_dpo_family_methods():
     from instructengine.config import ConfigError, validate_config
     from instructengine.train.config import TrainConfig
@@ -178,3 +221,6 @@ def test_sft_weight_only_for_dpo_family_methods():
     for method in ("sft", "orpo", "refl"):
         with pytest.raises(ConfigError, match="sft_weight applies to the DPO-family"):
             validate_config(TrainConfig, {"method": method, "loss": {"sft_weight": 1}})
+        with pytest.raises(ConfigError, match="anchor_weight applies to the DPO-family"):
+            validate_config(TrainConfig, {"method": method, "loss": {"anchor_weight": 1}})
+    assert validate_config(TrainConfig, {"method": "diffusion_dpo", "loss": {"anchor_weight": 5}}).loss.anchor_weight == 5

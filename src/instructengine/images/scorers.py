@@ -5,8 +5,9 @@ row per image for multi-column scorers; NaN = not measured). Names:
 
 * ``shapes_clip`` - ShapesWorld's tiny contrastive model (option ``path``; default: the shipped one),
   the harness's scorer (:mod:`instructengine.shapes.harness`);
-* ``shapes_oracle`` - the share of the caption's stated attributes the oracle finds in the image
-  (a graded, exact ShapesWorld score; NaN for a prompt that is not a ShapesWorld caption);
+* ``shapes_oracle`` - ShapesWorld's exact oracle, the harness's scorer: columns ``exact``, one per
+  attribute and ``share`` (the share of the caption's stated attributes found in the image, a graded
+  score: pick it with ``column: share``); NaN for a prompt that is not a ShapesWorld caption;
 * anything :func:`instructengine.evaluate.scorers.build_scorer` knows (``blip``, ``hpsv2``,
   ``clip``, ``pickscore``, ``imagereward``, ``aesthetic``, ``vqa``, or ``package.module:factory``).
 
@@ -20,36 +21,14 @@ from __future__ import annotations
 import hashlib
 import math
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
 from instructengine.images.config import ScorerSpec
 from instructengine.runs import Ledger
 
-__all__ = ["ShapesOracleScorer", "build_image_scorer", "load_rgb", "score_candidates"]
-
-
-class ShapesOracleScorer:
-    """Share of stated attributes that hold, per image (ShapesWorld's oracle as a graded scorer)."""
-
-    name = "shapes_oracle"
-
-    def score(self, images: Sequence[Any], prompts: Sequence[str]) -> np.ndarray:
-        from instructengine.shapes.oracle import judge
-        from instructengine.shapes.scene import CaptionError
-
-        if len(images) != len(prompts):
-            raise ValueError(f"shapes_oracle: {len(images)} images but {len(prompts)} prompts")
-        out = np.full(len(prompts), np.nan)
-        for i, (im, prompt) in enumerate(zip(images, prompts)):
-            try:
-                verdict = judge(np.asarray(im, dtype=np.uint8)[..., :3], prompt)
-            except CaptionError:
-                continue
-            stated = [v for k, v in verdict.items() if k != "exact" and v is not None]
-            out[i] = float(np.mean(stated)) if stated else float(verdict["exact"])
-        return out
+__all__ = ["build_image_scorer", "load_rgb", "score_candidates"]
 
 
 def build_image_scorer(spec: ScorerSpec, run_dir: str | Path | None = None) -> Any:
@@ -59,10 +38,6 @@ def build_image_scorer(spec: ScorerSpec, run_dir: str | Path | None = None) -> A
     Raises:
         ValueError: unknown scorer name or bad options (the message lists what is allowed).
     """
-    if spec.name == "shapes_oracle":  # graded here; the harness's shapes_oracle gives exact + per-attribute columns
-        if spec.options:
-            raise ValueError(f"scorer shapes_oracle takes no options, got {sorted(spec.options)}")
-        return ShapesOracleScorer()
     from instructengine.evaluate.scorers.base import ScorerContext, build_scorer
 
     context = ScorerContext(

@@ -8,7 +8,8 @@ from typing import List, Optional
 
 import typer
 
-app = typer.Typer(help="ShapesWorld: render, judge, pre-train, evaluate and measure the embedded world.",
+app = typer.Typer(help="ShapesWorld: render, judge, pre-train and measure the embedded world "
+                  "(evaluate it with `instructengine eval --config configs/eval_shapes.yaml`).",
                   no_args_is_help=True)
 
 _CONFIG = typer.Option(None, "--config", "-c", help="YAML config; defaults when omitted.")
@@ -72,16 +73,6 @@ def train_clip(config: Optional[Path] = _CONFIG, overrides: Optional[List[str]] 
     from instructengine.shapes.contrastive import ContrastiveConfig, train_contrastive
 
     typer.echo(str(train_contrastive(_load(ContrastiveConfig, config, overrides))))
-
-
-@app.command("eval")
-def evaluate(run_dir: Path = typer.Option(Path("runs/shapes-eval"), help="run folder (eval/<model>/... inside)"),
-             config: Optional[Path] = _CONFIG, overrides: Optional[List[str]] = _OVERRIDES) -> None:
-    """Sample a ShapesWorld prompt set with fixed seeds, judge with the oracle, score, summarise."""
-    from instructengine.shapes.evaluate import ShapesEvalConfig, evaluate_shapes
-
-    folder = evaluate_shapes(_load(ShapesEvalConfig, config, overrides), run_dir)
-    typer.echo(json.dumps(json.loads((folder / "summary.json").read_text())["overall"], indent=1))
 
 
 @app.command()

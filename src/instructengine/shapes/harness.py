@@ -8,8 +8,8 @@ Registered in :mod:`instructengine.evaluate` under these names (configs/eval_sha
 
 * ``shapes`` samples a ShapesWorld pipeline folder (default: the shipped model), optionally with a
   trained U-Net swapped in, or with its U-Net weights perturbed ("a perturbed copy");
-* ``shapes_oracle``: exact match and one column per attribute (NaN where a caption does not state
-  the attribute);
+* ``shapes_oracle``: exact match, one column per attribute (NaN where a caption does not state
+  the attribute) and ``share`` (the share of stated attributes that hold, a graded score);
 * ``shapes_clip``: the tiny contrastive model's image-text cosine (the world's CLIP score);
 * ``shapes_aesthetic``: a prompt-free palette/cleanliness measure in [0, 1], the world's aesthetic
   predictor: half the objects' mean chroma relative to the vivid palette, half the background's
@@ -98,21 +98,36 @@ def make_generator(options: dict[str, Any], device: str) -> ShapesEvalGenerator:
 
 
 class OracleScorer:
-    """The exact oracle: ``exact`` and one column per attribute (NaN = not stated in the caption)."""
+    """The exact oracle. Columns: ``exact``, one per attribute (NaN = not stated in the caption) and
+    ``share``, the share of the stated attributes that hold (a graded score: the data pipeline's
+    AGFSync baseline uses it with ``column: share``). A prompt that is not a ShapesWorld caption gets a
+    row of NaN (not measured)."""
 
     name = "shapes_oracle"
 
     def __init__(self) -> None:
         from instructengine.shapes.oracle import ATTRIBUTES
 
-        self.columns = ("exact",) + tuple(ATTRIBUTES)
+        self.attributes = tuple(ATTRIBUTES)
+        self.columns = ("exact",) + self.attributes + ("share",)
 
     def score(self, images: Sequence[Any], prompts: Sequence[str]) -> np.ndarray:
-        from instructengine.shapes.oracle import judge_batch
+        from instructengine.shapes.oracle import judge
+        from instructengine.shapes.scene import CaptionError
 
-        verdicts = judge_batch(_rgb(images), list(prompts))
-        return np.array([[np.nan if v[c] is None else float(v[c]) for c in self.columns] for v in verdicts],
-                        dtype=float).reshape(len(verdicts), len(self.columns))
+        if len(images) != len(prompts):
+            raise ValueError(f"shapes_oracle: {len(images)} images but {len(prompts)} prompts")
+        out = np.full((len(prompts), len(self.columns)), np.nan)
+        for i, (im, prompt) in enumerate(zip(_rgb(images), prompts)):
+            try:
+                verdict = judge(im, prompt)
+            except CaptionError:
+                continue
+            stated = [float(verdict[a]) for a in self.attributes if verdict[a] is not None]
+            out[i, 0] = float(verdict["exact"])
+            out[i, 1:-1] = [np.nan if verdict[a] is None else float(verdict[a]) for a in self.attributes]
+            out[i, -1] = float(np.mean(stated)) if stated else float(verdict["exact"])
+        return out
 
 
 class ClipScorer:

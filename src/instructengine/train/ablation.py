@@ -13,7 +13,8 @@ Protocol (``configs/ablation_shapes.yaml`` is the paper's Table 2 in miniature o
    ``evaluator(model_dir=..., name=..., run_dir=..., prompts=..., seeds=..., **evaluator_kwargs)``
    and returns one row per generated image with ``prompt_index``, ``seed`` (image seed, the same
    for every arm: paired) and metric columns (1/0, NaN = not applicable). The default evaluates a
-   ShapesWorld pipeline folder with the ShapesWorld oracle (:func:`shapes_evaluator`).
+   ShapesWorld pipeline folder with the ShapesWorld oracle through the evaluation harness
+   (:func:`instructengine.shapes.harness.ablation_evaluator`).
 4. **Table**: per arm the mean of each metric over seeds and images, a 95% interval from a
    two-level bootstrap (training seeds, then prompts; prompts paired across arms), and the
    difference from the base arm with its own paired interval. Written to
@@ -44,10 +45,10 @@ __all__ = [
     "Arm",
     "Selection",
     "export_pipeline",
+    "format_selection",
     "paired_bootstrap",
     "random_pick_samples",
     "run_ablation",
-    "shapes_evaluator",
     "summarize_arms",
 ]
 
@@ -93,7 +94,7 @@ class AblationConfig(Config):
     base_arm: str = Field("base", description="arm the differences are taken against")
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1, description="training seeds of the final runs")
     selection: Selection | None = Field(None, description="hyper-parameter/stopping selection; null: use the config as is")
-    evaluator: str = Field("instructengine.train.ablation:shapes_evaluator", description="'module:function' (see module doc)")
+    evaluator: str = Field("instructengine.shapes.harness:ablation_evaluator", description="'module:function' (see module doc)")
     evaluator_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments of the evaluator")
     test_prompts: str = Field("shapesbench", description="test prompt set passed to the evaluator")
     test_seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1, description="image seeds per test prompt")
@@ -137,8 +138,6 @@ def export_pipeline(base_dir: str | Path, final_path: Path, lora: bool, out_dir:
     Raises:
         FileNotFoundError: the base folder is not a local diffusers folder.
     """
-    from diffusers import UNet2DConditionModel
-
     base = Path(base_dir)
     if not (base / "unet").is_dir():
         raise FileNotFoundError(f"{base} is not a local diffusers folder with a unet/ (needed to export)")
@@ -151,11 +150,9 @@ def export_pipeline(base_dir: str | Path, final_path: Path, lora: bool, out_dir:
         if entry.name != "unet":
             os.symlink(entry.resolve(), tmp / entry.name)
     if lora:
-        unet = UNet2DConditionModel.from_pretrained(base / "unet")
-        unet.load_lora_adapter(str(final_path.parent), weight_name=final_path.name, prefix="unet")
-        unet.fuse_lora()
-        unet.unload_lora()
-        unet.save_pretrained(tmp / "unet")
+        from instructengine.train.shifts import load_trained_unet
+
+        load_trained_unet(base / "unet", final_path).save_pretrained(tmp / "unet")  # LoRA fused in
     else:
         shutil.copytree(final_path, tmp / "unet")
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -178,16 +175,6 @@ def validation_prompts(out: Path, seed: int = 7) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, df.to_csv(index=False))
     return out
-
-
-def shapes_evaluator(model_dir: Path, name: str, run_dir: Path, prompts: str, seeds: list[int],
-                     **kwargs: Any) -> pd.DataFrame:
-    """Sample a ShapesWorld pipeline folder on a prompt set and judge it with the oracle (resumable)."""
-    from instructengine.shapes.evaluate import ShapesEvalConfig, evaluate_shapes
-
-    cfg = ShapesEvalConfig(model_name=name, model_path=Path(model_dir), benchmark=prompts, seeds=list(seeds), **kwargs)
-    folder = evaluate_shapes(cfg, run_dir, progress=False)
-    return pd.read_parquet(Path(folder) / "scores.parquet")
 
 
 def _load_callable(spec: str) -> Callable[..., pd.DataFrame]:
@@ -312,6 +299,7 @@ def _evaluate(cfg: AblationConfig, evaluator: Callable[..., pd.DataFrame], model
     if missing:
         raise ValueError(f"evaluator {cfg.evaluator!r} returned no {missing} column(s); see instructengine.train.ablation")
     atomic_write_parquet(cache, df)
+    log.info("evaluated %s on %s: %d images", name, Path(prompts).name, len(df))
     return df
 
 
@@ -332,17 +320,39 @@ def _train_and_evaluate(cfg: AblationConfig, evaluator: Callable[..., pd.DataFra
     cache = root / "scores" / f"{eval_name}.parquet"
     if cache.is_file():
         return pd.read_parquet(cache), 0.0
+    log.info("training %s (%s, max_steps %s)", tcfg.output_name, tcfg.method, tcfg.max_steps)
     model_dir, seconds = _trained_model(cfg, tcfg, root)
+    log.info("trained %s in %.0f s", tcfg.output_name, seconds)
     return _evaluate(cfg, evaluator, model_dir, eval_name, prompts, seeds, root), seconds
+
+
+def _selection_prompts(cfg: AblationConfig, root: Path) -> str:
+    assert cfg.selection is not None
+    if cfg.selection.prompts == "shapesbench-val":
+        return str(validation_prompts(root / "validation_prompts.csv"))
+    return cfg.selection.prompts
+
+
+def _binary(values: pd.Series) -> bool:
+    return bool(values.dropna().isin([0, 1]).all())
+
+
+def format_selection(rows: list[dict[str, Any]], chosen: dict[str, list[str]], metric: str) -> str:
+    """Markdown table of the selection runs on the validation prompts (the base arm as reference)."""
+    lines = [f"| arm | settings | steps | validation {metric} |", "|---|---|---|---|"]
+    for r in rows:
+        settings = " ".join(r["overrides"]) or "-"
+        picked = r["grid"] is not None and chosen.get(r["arm"]) == [*r["overrides"], f"max_steps={r['steps']}"]
+        value = f"{100 * r[metric]:.1f}" if r["binary"] else f"{r[metric]:.3f}"
+        lines.append(f"| {r['arm']} | {settings} | {r['steps'] or '-'} | {'**' + value + '** (chosen)' if picked else value} |")
+    return "\n".join(lines) + "\n"
 
 
 def _select(cfg: AblationConfig, arm: Arm, evaluator: Callable[..., pd.DataFrame], root: Path,
             log_rows: list[dict[str, Any]]) -> list[str]:
     sel = cfg.selection
     assert sel is not None
-    prompts = sel.prompts
-    if prompts == "shapesbench-val":
-        prompts = str(validation_prompts(root / "validation_prompts.csv"))
+    prompts = _selection_prompts(cfg, root)
     best: tuple[float, list[str]] | None = None
     for g, grid in enumerate(sel.grid):
         for steps in sorted(sel.steps):
@@ -352,7 +362,7 @@ def _select(cfg: AblationConfig, arm: Arm, evaluator: Callable[..., pd.DataFrame
                                                   prompts, sel.seeds)
             value = float(scores[sel.metric].mean())
             log_rows.append({"arm": arm.name, "grid": g, "overrides": grid, "steps": steps, sel.metric: value,
-                             "train_s": round(seconds, 1)})
+                             "binary": _binary(scores[sel.metric]), "train_s": round(seconds, 1)})
             log.info("selection %s grid %d step %d: %s=%.4f", arm.name, g, steps, sel.metric, value)
             if best is None or value > best[0]:
                 best = (value, extra)
@@ -377,6 +387,12 @@ def run_ablation(cfg: AblationConfig) -> Path:
         if arm.method is None:
             base_dir = Path(apply_overrides(cfg.train, arm.overrides).get("model", {}).get("path", ""))
             scores[arm.name] = [_evaluate(cfg, evaluator, base_dir, arm.name, cfg.test_prompts, cfg.test_seeds, root)]
+            if cfg.selection:  # the reference point of the selection: the base model on the validation prompts
+                val = _evaluate(cfg, evaluator, base_dir, f"val-{arm.name}", _selection_prompts(cfg, root),
+                                cfg.selection.seeds, root)
+                metric = cfg.selection.metric
+                selection_log.append({"arm": arm.name, "grid": None, "overrides": [], "steps": 0,
+                                      metric: float(val[metric].mean()), "binary": _binary(val[metric]), "train_s": 0.0})
             continue
         extra = _select(cfg, arm, evaluator, root, selection_log) if cfg.selection else []
         chosen[arm.name] = extra
@@ -394,6 +410,10 @@ def run_ablation(cfg: AblationConfig) -> Path:
     note = (f"\n{len(cfg.seeds)} training seeds per trained arm; test prompts {cfg.test_prompts!r} x image seeds "
             f"{cfg.test_seeds}; 95% intervals: two-level bootstrap (seeds, prompts; paired with {cfg.base_arm!r}), "
             f"{cfg.bootstrap} resamples. Wall time of this invocation: {wall / 60:.1f} min.\n")
+    if cfg.selection:
+        sel = cfg.selection
+        note += (f"\n## Selection on validation prompts ({sel.prompts!r} x image seeds {sel.seeds}; one training "
+                 f"seed, {sel.train_seed})\n\n" + format_selection(selection_log, chosen, sel.metric))
     atomic_write_json(root / "summary.json", {"summary": summary, "chosen": chosen, "selection": selection_log,
                                               "train_seconds": timings, "wall_seconds": round(wall, 1)})
     return atomic_write_text(root / "table.md", table + note)

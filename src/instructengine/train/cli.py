@@ -39,6 +39,42 @@ def run(config: Optional[Path] = _CONFIG, overrides: Optional[list[str]] = _OVER
 
 
 @app.command()
+def shifts(config: Optional[Path] = _CONFIG,
+           unet: list[str] = typer.Option(..., "--unet", help="NAME=PATH of a trained U-Net (folder or LoRA weights); repeatable"),
+           samples: int = typer.Option(256, help="preference samples drawn at random from data.path"),
+           draws: int = typer.Option(4, help="noise/timestep draws per sample"),
+           batch: int = typer.Option(32, help="samples per U-Net call (4 combinations each)"),
+           seed: int = typer.Option(0, help="seed of the sample choice and the draws"),
+           out: Optional[Path] = typer.Option(None, help="also write the table (.md), the numbers (.json) and a chart (.png) there"),
+           overrides: Optional[list[str]] = _OVERRIDES) -> None:
+    """Error shifts of trained U-Nets vs their reference on the training data: do they fit the
+    preferred images or only push the mismatched combinations away (likelihood displacement)?"""
+    from instructengine.config import ConfigError, load_config
+    from instructengine.runs import atomic_write_text
+    from instructengine.train.config import TrainConfig
+    from instructengine.train.shifts import error_shifts, format_shifts, plot_shifts
+
+    named = {}
+    for spec in unet:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            _fail(f"--unet {spec!r}: expected NAME=PATH, e.g. cv_dpo=runs/demo/train/cv_dpo/final/unet", 2)
+        named[name] = path
+    try:
+        cfg = load_config(TrainConfig, config, overrides or [])
+        df = error_shifts(cfg, named, samples=samples, draws=draws, batch_size=batch, seed=seed,
+                          progress=lambda s: typer.echo(s, err=True))
+    except (ConfigError, ValueError, FileNotFoundError) as err:
+        _fail(str(err), 2 if isinstance(err, ConfigError) else 1)
+    table = format_shifts(df)
+    if out is not None:
+        atomic_write_text(out, table + f"\n![error shifts]({out.with_suffix('.png').name})\n")
+        atomic_write_text(out.with_suffix(".json"), df.to_json(orient="records", indent=1))
+        plot_shifts(df, out.with_suffix(".png"))
+    typer.echo(table)
+
+
+@app.command()
 def methods() -> None:
     """List the training methods and their losses."""
     from instructengine.train.losses import LOSSES
@@ -52,9 +88,17 @@ def methods() -> None:
 @app.command()
 def ablation(config: Optional[Path] = _CONFIG, overrides: Optional[list[str]] = _OVERRIDES) -> None:
     """Train and evaluate every arm x seed of an ablation and write its table (resumable)."""
+    import logging
+
     from instructengine.config import ConfigError, load_config
     from instructengine.train.ablation import AblationConfig, run_ablation
 
+    progress = logging.getLogger("instructengine.train.ablation")  # one line per training / evaluation
+    if not progress.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        progress.addHandler(handler)
+        progress.setLevel(logging.INFO)
     try:
         cfg = load_config(AblationConfig, config, overrides or [])
         table = run_ablation(cfg)

@@ -96,6 +96,12 @@ class DataConfig(Config):
         description="probability of replacing an instruction by the unconditional embedding; for two-instruction "
         "(cross-validation) samples at most one of the two is ever dropped, so no sample becomes constant",
     )
+    dimensions: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="train only on samples whose contrast `dimension` is one of these (content, counterfactual, "
+        "aesthetics); null: all. Samples left out are counted in the run's data report",
+    )
     max_items: int | None = Field(None, ge=1, description="use only the first N training items (debugging)")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes for image decoding")
     cache_text_embeddings: bool = Field(
@@ -106,6 +112,16 @@ class DataConfig(Config):
         description="encode every distinct image once at setup and keep its VAE latent distribution (mean, std) "
         "on CPU; latents are still sampled from it every step",
     )
+
+    @field_validator("dimensions")
+    @classmethod
+    def _known_dimensions(cls, value: list[str] | None) -> list[str] | None:
+        from instructengine.data.schema import DIMENSIONS
+
+        bad = sorted(set(value or []) - set(DIMENSIONS))
+        if bad:
+            raise ValueError(f"unknown dimension(s) {bad}; choose from {list(DIMENSIONS)}")
+        return value
 
 
 class LossConfig(Config):
@@ -129,6 +145,14 @@ class LossConfig(Config):
         "(instruction, image) combinations (the winners of the loss's triples) to each sample's loss, a regulariser "
         "against likelihood displacement; 0 = the paper's loss. At sft_weight = beta/2 its gradient equals the DPO "
         "term's at the start",
+    )
+    anchor_weight: float = Field(
+        0.0,
+        ge=0,
+        description="DPO-family methods only: add anchor_weight x max(0, policy error - reference error) on the "
+        "preferred combinations, averaged over them (a DPO-Positive-style hinge outside the log-sigmoid): zero while "
+        "the preferred images are denoised no worse than by the reference, so it only counters likelihood "
+        "displacement; 0 = off",
     )
 
 
@@ -260,13 +284,15 @@ class TrainConfig(Config):
             )
         if self.max_timestep is not None and self.max_timestep <= self.min_timestep:
             raise ValueError(f"max_timestep={self.max_timestep} must be > min_timestep={self.min_timestep}")
-        if self.loss.sft_weight:
+        for name in ("sft_weight", "anchor_weight"):
+            if not getattr(self.loss, name):
+                continue
             from instructengine.train.losses import LOSSES
             from instructengine.train.methods import METHODS
 
             loss = METHODS[self.method].loss
             if loss is None or not LOSSES[loss].needs_reference:
-                raise ValueError(f"loss.sft_weight applies to the DPO-family methods (cv_dpo, diffusion_dpo, "
+                raise ValueError(f"loss.{name} applies to the DPO-family methods (cv_dpo, diffusion_dpo, "
                                  f"four_triple_dpo, reward_dpo), not to method={self.method!r}")
         return self
 

@@ -59,10 +59,17 @@ def _check_file(root: Path, rel: Any, counts: Counter) -> str | None:
     return str(p)
 
 
-def _items_from_samples(root: Path, layout: str, counts: Counter) -> tuple[list[Item], int]:
+def _items_from_samples(root: Path, layout: str, counts: Counter,
+                        dimensions: list[str] | None = None) -> tuple[list[Item], int]:
     from instructengine.data.schema import load_samples
 
     df, root = load_samples(root)
+    n_rows = len(df)
+    if dimensions is not None:
+        keep = df["dimension"].isin(dimensions)
+        if (~keep).any():
+            counts["dimension not selected"] += int((~keep).sum())
+        df = df[keep]
     items: list[Item] = []
     for row in df.itertuples(index=False):
         x1, x2 = str(row.instruction_1), str(row.instruction_2)
@@ -88,7 +95,7 @@ def _items_from_samples(root: Path, layout: str, counts: Counter) -> tuple[list[
             raise ValueError(f"layout {layout!r} cannot be built from samples; expected quad, pair, single or prompt")
     if layout == "prompt":
         items = list({it.texts: it for it in items}.values())  # distinct instructions, first-seen order
-    return items, len(df)
+    return items, n_rows
 
 
 def _items_from_candidates(root: Path, data_cfg: Any, layout: str, counts: Counter) -> tuple[list[Item], int]:
@@ -146,8 +153,12 @@ def build_items(source: str, layout: str, data_cfg: Any) -> tuple[list[Item], in
     """
     root = Path(data_cfg.path)
     counts: Counter = Counter()
+    dimensions = getattr(data_cfg, "dimensions", None)
+    if source != "samples" and dimensions is not None:
+        raise ValueError(f"data.dimensions filters preference samples; source {source!r} has no contrast dimension "
+                         "(set data.dimensions: null)")
     if source == "samples":
-        items, n_in = _items_from_samples(root, layout, counts)
+        items, n_in = _items_from_samples(root, layout, counts, dimensions)
     elif source == "candidates":
         items, n_in = _items_from_candidates(root, data_cfg, layout, counts)
     else:

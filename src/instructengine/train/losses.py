@@ -60,6 +60,7 @@ __all__ = [
     "sft_loss",
     "per_sample_loss",
     "preferred_error",
+    "preferred_excess",
 ]
 
 Layout = Literal["quad", "pair", "single"]
@@ -270,10 +271,26 @@ def preference_metrics(
 LOG2 = math.log(2.0)
 
 
+def preferred_excess(model_err: torch.Tensor, ref_err: torch.Tensor, winner_columns: tuple[int, ...]) -> torch.Tensor:
+    """How far the policy's error exceeds the reference's on the preferred combinations, hinged at 0
+    and averaged over the columns, shape (B,): the DPO-Positive-style anchor ``loss.anchor_weight``
+    adds (zero, with zero gradient, while the policy denoises its preferred images no worse than the
+    reference; it only counters likelihood displacement and never pulls further)."""
+    if not winner_columns:
+        raise ValueError("preferred_excess needs at least one winner column")
+    cols = list(winner_columns)
+    return torch.relu(model_err[:, cols] - ref_err[:, cols]).mean(dim=1)
+
+
 def per_sample_loss(spec: LossSpec, model_err: torch.Tensor, ref_err: torch.Tensor | None, cfg: "LossConfig") -> torch.Tensor:
     """A method's loss per sample, shape (B,): ``spec.fn`` plus, when ``cfg.sft_weight`` > 0, that
-    weight times the policy's error on the preferred combinations (DPO + SFT regulariser)."""
+    weight times the policy's error on the preferred combinations (DPO + SFT regulariser), plus, when
+    ``cfg.anchor_weight`` > 0, that weight times :func:`preferred_excess` (DPO + hinge anchor)."""
     out = spec.fn(model_err, ref_err, cfg)
     if getattr(cfg, "sft_weight", 0.0):
         out = out + cfg.sft_weight * preferred_error(model_err, spec.winner_columns)
+    if getattr(cfg, "anchor_weight", 0.0):
+        if ref_err is None:
+            raise ValueError("loss.anchor_weight needs the reference's errors (a DPO-family method)")
+        out = out + cfg.anchor_weight * preferred_excess(model_err, ref_err, spec.winner_columns)
     return out
