@@ -10,7 +10,8 @@ import torch
 from typer.testing import CliRunner
 
 from instructengine.train.cli import app
-from instructengine.train.shifts import COLUMNS, error_shifts, load_trained_unet
+from instructengine.train.models import load_trained_unet
+from instructengine.train.shifts import COLUMNS, error_shifts
 from instructengine.train.trainer import run_training
 
 from .conftest import make_config

@@ -65,15 +65,15 @@ class ShapesEvalGenerator:
             torch.set_num_threads(int(o["threads"]))
         pipe = load_pipeline(o["path"], device=device)
         if o["unet"]:
-            from diffusers import UNet2DConditionModel
+            from instructengine.shapes.pipeline import DEFAULT_MODEL_DIR
+            from instructengine.train.models import load_trained_unet
 
-            unet_dir = Path(o["unet"])
-            if (unet_dir / "unet" / "config.json").is_file():
-                unet_dir = unet_dir / "unet"
-            if not (unet_dir / "config.json").is_file():
+            try:
+                unet = load_trained_unet(Path(o["path"] or DEFAULT_MODEL_DIR) / "unet", o["unet"])
+            except FileNotFoundError as err:
                 raise FileNotFoundError(f"kind 'shapes': option unet={o['unet']!r} is not a diffusers U-Net folder "
-                                        "(config.json + weights), e.g. runs/demo/train/cv_dpo/final/unet")
-            pipe.unet = UNet2DConditionModel.from_pretrained(unet_dir).to(device).eval()
+                                        f"or LoRA weights ({err})") from None
+            pipe.unet = unet.to(device).eval()
         if float(o["perturb"]):
             g = torch.Generator().manual_seed(int(o["perturb_seed"]))
             with torch.no_grad():
@@ -123,10 +123,10 @@ class OracleScorer:
                 verdict = judge(im, prompt)
             except CaptionError:
                 continue
-            stated = [float(verdict[a]) for a in self.attributes if verdict[a] is not None]
+            attrs = np.array([np.nan if verdict[a] is None else float(verdict[a]) for a in self.attributes])
             out[i, 0] = float(verdict["exact"])
-            out[i, 1:-1] = [np.nan if verdict[a] is None else float(verdict[a]) for a in self.attributes]
-            out[i, -1] = float(np.mean(stated)) if stated else float(verdict["exact"])
+            out[i, 1:-1] = attrs
+            out[i, -1] = np.nanmean(attrs) if not np.isnan(attrs).all() else float(verdict["exact"])
         return out
 
 

@@ -141,9 +141,3 @@ def _relation_holds(scene: Scene, by_group: dict[str, list[DetectedObject]]) -> 
 def judge(image: np.ndarray, caption: str) -> dict[str, bool | None]:
     """Judge an (H, W, 3) uint8 image against a ShapesWorld caption."""
     return judge_scene(image, parse_caption(caption))
-
-
-def judge_batch(images: np.ndarray | list, captions: list[str]) -> list[dict[str, bool | None]]:
-    if len(images) != len(captions):
-        raise ValueError(f"{len(images)} images but {len(captions)} captions")
-    return [judge(np.asarray(im), c) for im, c in zip(images, captions)]

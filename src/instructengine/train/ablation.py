@@ -150,7 +150,7 @@ def export_pipeline(base_dir: str | Path, final_path: Path, lora: bool, out_dir:
         if entry.name != "unet":
             os.symlink(entry.resolve(), tmp / entry.name)
     if lora:
-        from instructengine.train.shifts import load_trained_unet
+        from instructengine.train.models import load_trained_unet
 
         load_trained_unet(base / "unet", final_path).save_pretrained(tmp / "unet")  # LoRA fused in
     else:

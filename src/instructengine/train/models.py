@@ -36,6 +36,7 @@ __all__ = [
     "cat_cond",
     "index_cond",
     "load_adapter",
+    "load_trained_unet",
 ]
 
 Cond = dict[str, torch.Tensor]
@@ -311,3 +312,32 @@ def load_adapter(cfg: "ModelConfig") -> ModelAdapter:
             AutoTokenizer.from_pretrained(cfg.path, subfolder="tokenizer"),
         )
     raise ValueError(f"unknown model kind {cfg.kind!r}; expected 'sd15', 'sdxl' or 'shapes'")
+
+
+def load_trained_unet(base_unet_dir: str | Path, path: str | Path) -> Any:
+    """A trained U-Net: a diffusers U-Net folder, a pipeline folder with ``unet/``, or LoRA weights
+    (a ``.safetensors`` file, or a folder with ``pytorch_lora_weights.safetensors``) fused into the
+    base U-Net of ``base_unet_dir``.
+
+    Raises:
+        FileNotFoundError: ``path`` is none of these.
+    """
+    from diffusers import UNet2DConditionModel
+
+    p = Path(path)
+    if (p / "unet" / "config.json").is_file():
+        p = p / "unet"
+    if (p / "config.json").is_file():
+        return UNet2DConditionModel.from_pretrained(p)
+    lora = p if p.suffix == ".safetensors" else p / "pytorch_lora_weights.safetensors"
+    if lora.is_file():
+        unet = UNet2DConditionModel.from_pretrained(base_unet_dir)
+        unet.load_lora_adapter(str(lora.parent), weight_name=lora.name, prefix="unet")
+        unet.fuse_lora()
+        unet.unload_lora()
+        return unet
+    raise FileNotFoundError(
+        f"{str(path)!r} is not a trained U-Net: expected a diffusers U-Net folder (config.json + weights), a "
+        "pipeline folder with unet/, or LoRA weights (pytorch_lora_weights.safetensors), e.g. "
+        "runs/demo/train/cv_dpo/final/unet"
+    )

@@ -38,40 +38,11 @@ import torch
 
 from instructengine.train.config import TrainConfig
 
-__all__ = ["COLUMNS", "error_shifts", "format_shifts", "load_trained_unet", "plot_shifts"]
+__all__ = ["COLUMNS", "error_shifts", "format_shifts", "plot_shifts"]
 
 #: the output columns of :func:`error_shifts` (besides ``model`` and ``samples``)
 COLUMNS = ("ref_matched", "shift_matched", "shift_mismatched", "shift_matched_rel", "cv_margin",
            "image_triples_right", "instruction_triples_right")
-
-
-def load_trained_unet(base_unet_dir: str | Path, path: str | Path) -> Any:
-    """A trained U-Net: a diffusers U-Net folder, a pipeline folder with ``unet/``, or LoRA weights
-    (a ``.safetensors`` file, or a folder with ``pytorch_lora_weights.safetensors``) fused into the
-    base U-Net of ``base_unet_dir``.
-
-    Raises:
-        FileNotFoundError: ``path`` is none of these.
-    """
-    from diffusers import UNet2DConditionModel
-
-    p = Path(path)
-    if (p / "unet" / "config.json").is_file():
-        p = p / "unet"
-    if (p / "config.json").is_file():
-        return UNet2DConditionModel.from_pretrained(p)
-    lora = p if p.suffix == ".safetensors" else p / "pytorch_lora_weights.safetensors"
-    if lora.is_file():
-        unet = UNet2DConditionModel.from_pretrained(base_unet_dir)
-        unet.load_lora_adapter(str(lora.parent), weight_name=lora.name, prefix="unet")
-        unet.fuse_lora()
-        unet.unload_lora()
-        return unet
-    raise FileNotFoundError(
-        f"{str(path)!r} is not a trained U-Net: expected a diffusers U-Net folder (config.json + weights), a "
-        "pipeline folder with unet/, or LoRA weights (pytorch_lora_weights.safetensors), e.g. "
-        "runs/demo/train/cv_dpo/final/unet"
-    )
 
 
 def _draw_generator(seed: int, draw: int, batch: int) -> torch.Generator:
@@ -81,7 +52,7 @@ def _draw_generator(seed: int, draw: int, batch: int) -> torch.Generator:
 def error_shifts(cfg: TrainConfig, unets: dict[str, str | Path], samples: int = 256, draws: int = 4,
                  batch_size: int = 32, seed: int = 0,
                  progress: Callable[[str], None] | None = None) -> pd.DataFrame:
-    """One row per trained U-Net of ``unets`` (name -> path, see :func:`load_trained_unet`) with the
+    """One row per trained U-Net of ``unets`` (name -> path, see :func:`instructengine.train.models.load_trained_unet`) with the
     :data:`COLUMNS` measured on ``samples`` samples of ``cfg.data`` drawn at random (``seed``).
 
     The reference is ``cfg.model`` (the model the U-Nets were trained from); every model sees the
@@ -92,7 +63,7 @@ def error_shifts(cfg: TrainConfig, unets: dict[str, str | Path], samples: int = 
         ValueError: no U-Net given, bad counts, or a dataset without usable samples.
     """
     from instructengine.train.data import ItemDataset, build_items, collate_items
-    from instructengine.train.models import load_adapter
+    from instructengine.train.models import load_adapter, load_trained_unet
     from instructengine.train.steps import Encoder, combination_errors
 
     if not unets:
