@@ -5,8 +5,8 @@ Two bundles implement these protocols and are interchangeable in every stage:
 
 * the real one: :class:`instructengine.llm.backend.LLMInstructionBackend` (any OpenAI-compatible
   chat server) plus :class:`CLIPTextEmbedder` (a transformers CLIP text tower);
-* ShapesWorld's offline one (``instructengine.shapes``): a rule-based backend and a tiny
-  contrastive model's text tower.
+* a bundle's offline one, registered in :mod:`instructengine.registry` (ShapesWorld: a rule-based
+  backend and a tiny contrastive model's text tower).
 
 Contract of an :class:`InstructionBackend` (all methods are coroutines so one stage loop serves a
 remote API and a local rule set alike):
@@ -34,16 +34,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import importlib
 import json
 import re
 import threading
 import unicodedata
 import zlib
-from typing import Any, Awaitable, Callable, Iterable, Literal, Protocol, Sequence, TypeVar, runtime_checkable
+from typing import Any, Awaitable, Callable, Iterable, Protocol, Sequence, TypeVar, runtime_checkable
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from instructengine.config import Config
 
@@ -63,7 +62,6 @@ __all__ = [
     "item_key",
     "ledger_name",
     "ledgered",
-    "load_target",
     "normalize_text",
     "run_bounded",
     "stable_id",
@@ -248,10 +246,11 @@ class CLIPTextEmbedder:
 class EmbedderConfig(Config):
     """Which text embedder the stages use for near-duplicate merging and the entity filter."""
 
-    kind: Literal["clip", "ngram", "python"] = Field(
+    kind: str = Field(
         "clip",
         description="clip: a transformers CLIP text tower (`model`); ngram: the weight-free lexical "
-        "NgramHashEmbedder; python: `target` ('pkg.module:factory') called with `options`.",
+        "NgramHashEmbedder; or an embedder a bundle registered / an import path 'package.module:factory', "
+        "called with `options`.",
     )
     model: str = Field(
         "openai/clip-vit-large-patch14",
@@ -260,52 +259,46 @@ class EmbedderConfig(Config):
     device: str = Field("cpu", description="torch device of the CLIP model, e.g. cpu, cuda, cuda:1.")
     batch_size: int = Field(256, ge=1, description="Texts per CLIP forward pass.")
     local_files_only: bool = Field(False, description="Never reach the hub when loading the CLIP model.")
-    target: str = Field("", description="Import path 'pkg.module:callable' of an embedder factory (kind=python).")
-    options: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the factory (kind=python).")
+    options: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the embedder factory (kinds other than clip).")
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
+        from instructengine.registry import check_name
+
+        return check_name("embedder", v, builtin=("clip",))
 
 
 class BackendConfig(Config):
     """Which instruction backend the text stages use."""
 
-    kind: Literal["llm", "python"] = Field(
+    kind: str = Field(
         "llm",
-        description="llm: the OpenAI-compatible chat backend configured under `llm`; python: "
-        "`target` ('pkg.module:factory', e.g. ShapesWorld's rule backend) called with `options`.",
+        description="llm: the OpenAI-compatible chat backend configured under `llm`; or a backend a bundle "
+        "registered (instructengine.registry kind 'instruction_backend') / an import path "
+        "'package.module:factory', called with `options`.",
     )
-    target: str = Field("", description="Import path 'pkg.module:callable' returning an InstructionBackend (kind=python).")
-    options: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the factory (kind=python).")
+    options: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the backend factory (kinds other than llm).")
 
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
+        from instructengine.registry import check_name
 
-def load_target(target: str) -> Callable[..., Any]:
-    """Import ``'pkg.module:name'`` and return the named attribute.
-
-    Raises:
-        ValueError: when the string is not of that form or the module/attribute does not exist.
-    """
-    if ":" not in target:
-        raise ValueError(f"target {target!r} must look like 'package.module:callable'")
-    mod_name, attr = target.split(":", 1)
-    try:
-        module = importlib.import_module(mod_name)
-    except ImportError as err:
-        raise ValueError(f"target {target!r}: cannot import module {mod_name!r} ({err})") from None
-    try:
-        return getattr(module, attr)
-    except AttributeError:
-        raise ValueError(f"target {target!r}: module {mod_name!r} has no attribute {attr!r}") from None
+        return check_name("instruction_backend", v, builtin=("llm",))
 
 
 def build_embedder(cfg: EmbedderConfig) -> TextEmbedder:
     """Construct the embedder an :class:`EmbedderConfig` names."""
-    if cfg.kind == "ngram":
-        return NgramHashEmbedder(**cfg.options)
     if cfg.kind == "clip":
         return CLIPTextEmbedder.from_pretrained(
             cfg.model, device=cfg.device, batch_size=cfg.batch_size, local_files_only=cfg.local_files_only
         )
-    embedder = load_target(cfg.target)(**cfg.options)
+    from instructengine import registry
+
+    embedder = registry.instantiate("embedder", cfg.kind, where="embedder.kind", **cfg.options)
     if not isinstance(embedder, TextEmbedder):
-        raise ValueError(f"embedder target {cfg.target!r} returned {type(embedder).__name__}, which has no embed(texts)")
+        raise ValueError(f"embedder kind {cfg.kind!r} built {type(embedder).__name__}, which has no embed(texts)")
     return embedder
 
 

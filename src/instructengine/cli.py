@@ -11,11 +11,11 @@ from typing import List, Optional
 
 import typer
 
+from instructengine import registry
 from instructengine.evaluate.cli import eval_command, report_command
 from instructengine.humaneval.cli import app as review_app
 from instructengine.images.cli import app as images_app
 from instructengine.pipeline_cli import app as data_app
-from instructengine.shapes.cli import app as shapes_app
 from instructengine.train.cli import app as train_app
 
 app = typer.Typer(
@@ -23,7 +23,8 @@ app = typer.Typer(
     "cross-validation DPO -> evaluation).",
     no_args_is_help=True,
 )
-app.add_typer(shapes_app, name="shapes")
+for _name in registry.available("cli"):  # command groups of the backend bundles (e.g. `instructengine shapes`)
+    app.add_typer(registry.resolve("cli", _name), name=_name)
 app.add_typer(data_app, name="data")
 app.add_typer(images_app, name="images")
 app.add_typer(train_app, name="train")
@@ -35,16 +36,17 @@ app.add_typer(review_app, name="review")
 @app.command()
 def run(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (MainJobConfig)"),
         overrides: Optional[List[str]] = typer.Argument(None, help="dotted overrides key.sub=value")) -> None:
-    """The main job on the embedded default: ShapesWorld end to end, offline, on CPU."""
-    from instructengine.config import ConfigError, load_config
-    from instructengine.workflow import MainJobConfig, run_main_job
+    """The whole method in one run, on any bundle: data -> training of every method -> evaluation -> report -> review."""
+    from instructengine.config import ConfigError
+    from instructengine.experiments.main_job import load_main_job, run_main_job
 
     try:
-        cfg = load_config(MainJobConfig, config, overrides or [])
+        cfg = load_main_job(config, overrides or [])
+        out = run_main_job(cfg, log=typer.echo)
     except ConfigError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
-    typer.echo(str(run_main_job(cfg, log=typer.echo)))
+    typer.echo(str(out))
 
 
 def main(argv: list[str] | None = None) -> int:

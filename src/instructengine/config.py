@@ -25,7 +25,9 @@ __all__ = [
     "config_hash",
     "load_config",
     "parse_override",
+    "read_yaml",
     "save_resolved",
+    "validate_config",
 ]
 
 C = TypeVar("C", bound="Config")
@@ -63,22 +65,69 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+def _entry_key(entry: Any) -> str | None:
+    """What names a list entry in an override: its ``name``, else its ``kind`` (a bare string: itself)."""
+    if isinstance(entry, dict):
+        for key in ("name", "kind"):
+            if isinstance(entry.get(key), str):
+                return entry[key]
+        return None
+    return entry if isinstance(entry, str) else None
+
+
+def _list_index(items: list[Any], part: str, text: str, where: str) -> int:
+    """The index of the list entry ``part`` names: an integer index, or an entry's name/kind."""
+    if part.lstrip("-").isdigit():
+        i = int(part)
+        if -len(items) <= i < len(items):
+            return i % len(items)
+        raise ConfigError(f"override {text!r}: {where!r} has {len(items)} entries; index {i} is out of range")
+    names = [_entry_key(e) for e in items]
+    hits = [i for i, n in enumerate(names) if n == part]
+    if len(hits) == 1:
+        return hits[0]
+    known = [n for n in names if n is not None]
+    if not hits:
+        raise ConfigError(f"override {text!r}: {where!r} has no entry {part!r}; name one of {known} or an index "
+                          f"0..{len(items) - 1}")
+    raise ConfigError(f"override {text!r}: {where!r} has {len(hits)} entries named {part!r}; use an index")
+
+
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
-    """Return a copy of ``data`` with each dotted override applied (nested dicts created as needed)."""
+    """Return a copy of ``data`` with each dotted override applied (nested dicts created as needed).
+
+    A list section is entered by index or by an entry's ``name`` (else ``kind``):
+    ``baselines.hpsv2.scorers.0.device=cpu`` sets the device of the first scorer of the baseline
+    named hpsv2. A bare-string entry (``scorers: [clip]``) becomes ``{kind: clip}`` when a field of
+    it is set.
+
+    Raises:
+        ConfigError: the override names a list entry that does not exist, or goes through a value.
+    """
     out = json.loads(json.dumps(data))  # deep copy of plain YAML data
     for text in overrides:
         path, value = parse_override(text)
-        node = out
-        for part in path[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(
-                    f"override {text!r}: {'.'.join(path[:-1])!r} is a value ({child!r}), not a section"
-                )
+        node: Any = out
+        for depth, part in enumerate(path[:-1]):
+            where = ".".join(path[: depth + 1])
+            if isinstance(node, list):
+                i = _list_index(node, part, text, ".".join(path[:depth]))
+                if isinstance(node[i], str):
+                    node[i] = {"kind": node[i]}
+                child = node[i]
+            else:
+                child = node.get(part)
+                if child is None:
+                    child = node[part] = {}
+            if not isinstance(child, (dict, list)):
+                raise ConfigError(f"override {text!r}: {where!r} is a value ({child!r}), not a section")
             node = child
-        node[path[-1]] = value
+        last = path[-1]
+        if isinstance(node, list):
+            i = _list_index(node, last, text, ".".join(path[:-1]))
+            node[i] = value
+        else:
+            node[last] = value
     return out
 
 
@@ -104,8 +153,49 @@ def validate_config(cls: type[C], data: dict[str, Any], source: str = "<dict>") 
         raise ConfigError(_format_validation_error(err, source)) from None
 
 
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from a file.
+
+    Raises:
+        ConfigError: missing file, YAML syntax error (with its line), or a document that is not a mapping.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    try:
+        loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {str(p)!r} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML{where}: {problem}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {str(p)!r} must hold a YAML mapping, got {type(loaded).__name__}")
+    return loaded
+
+
+def _resolve_paths(cls: type, data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Make the file references a config class declares (``config_paths``) relative to ``base``."""
+    for dotted in getattr(cls, "config_paths", ()):
+        node: Any = data
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and isinstance(node.get(parts[-1]), str):
+            ref = Path(node[parts[-1]]).expanduser()
+            if not ref.is_absolute():
+                node[parts[-1]] = str((base / ref).resolve())
+    return data
+
+
 def load_config(cls: type[C], path: str | Path | None = None, overrides: Iterable[str] = ()) -> C:
     """Load ``cls`` from a YAML file (or defaults when ``path`` is None) plus dotted overrides.
+
+    File references that ``cls.config_paths`` lists (e.g. the stage configs a main job names) are
+    resolved relative to the YAML file that names them; references given as overrides stay relative
+    to the current directory.
 
     Raises:
         ConfigError: missing file, YAML that is not a mapping, or a value that fails validation.
@@ -113,14 +203,8 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: Iterabl
     data: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} does not exist")
-        loaded = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {str(p)!r} must hold a YAML mapping, got {type(loaded).__name__}")
-        data = loaded
-        source = str(p)
+        data = _resolve_paths(cls, read_yaml(path), Path(path).resolve().parent)
+        source = str(path)
     overrides = list(overrides)
     if overrides:
         data = apply_overrides(data, overrides)

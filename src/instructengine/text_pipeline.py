@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from pydantic import Field
 
-from instructengine.backends import BackendConfig, EmbedderConfig, InstructionBackend, TextEmbedder, build_embedder, load_target
+from instructengine.backends import BackendConfig, EmbedderConfig, InstructionBackend, TextEmbedder, build_embedder
 from instructengine.config import Config, save_resolved
 from instructengine.entities.config import EntitiesConfig
 from instructengine.instructions.config import PairsConfig
@@ -47,12 +47,12 @@ def build_backend(cfg: TextPipelineConfig) -> tuple[InstructionBackend, Any]:
 
         client = build_client(cfg.llm, cfg.run_dir)
         return LLMInstructionBackend(client), client
-    if not cfg.backend.target:
-        raise ValueError("backend.kind=python needs backend.target, e.g. 'instructengine.shapes.instructions:make_backend'")
-    backend = load_target(cfg.backend.target)(**cfg.backend.options)
+    from instructengine import registry
+
+    backend = registry.instantiate("instruction_backend", cfg.backend.kind, where="backend.kind", **cfg.backend.options)
     missing = [m for m in ("propose_themes", "propose_subtopics", "propose_entities", "confirm_entity", "contrast_pairs") if not hasattr(backend, m)]
     if missing:
-        raise ValueError(f"backend target {cfg.backend.target!r} returned {type(backend).__name__}, which lacks {missing}")
+        raise ValueError(f"backend kind {cfg.backend.kind!r} built {type(backend).__name__}, which lacks {missing}")
     return backend, None
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
+
+from instructengine.generation import Generated
 
 
 class ConstantScorer:
@@ -48,6 +49,7 @@ class ColourGenerator:
         self.red_bias = red_bias
         self.size = size
         self.calls = 0
+        self.fingerprint = f"colour-test:{red_bias}:{size}"
 
     def describe(self):
         return {"kind": "colour-test-generator", "red_bias": self.red_bias, "size": self.size}
@@ -63,9 +65,10 @@ class ColourGenerator:
             if "blue" in p:
                 a[..., 2] += 0.3
             a[..., 0] += self.red_bias
-            out.append(Image.fromarray((np.clip(a, 0, 1) * 255).astype(np.uint8)))
-        return out
+            out.append((np.clip(a, 0, 1) * 255).astype(np.uint8))
+        return Generated(out)
 
 
-def make_colour_generator(options, device):
-    return ColourGenerator(**options)
+def make_colour_generator(cfg):
+    """A generator factory: called with the GeneratorConfig (its ``options`` are the generator's)."""
+    return ColourGenerator(**cfg.options)

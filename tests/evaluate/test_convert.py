@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import tiny
-from instructengine.evaluate.convert_blip import load_blip_parts
-from instructengine.evaluate.convert_openclip import clip_config_from_open_clip, load_open_clip_as_clip
+from instructengine.scorers.convert_blip import load_blip_parts
+from instructengine.scorers.convert_openclip import clip_config_from_open_clip, load_open_clip_as_clip
 
 
 def test_open_clip_to_transformers_matches_open_clip_forward(tmp_path):

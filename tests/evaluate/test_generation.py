@@ -1,4 +1,5 @@
-"""DiffusersGenerator on a tiny Stable Diffusion pipeline saved to disk: seeds, LoRA, fine-tuned U-Net."""
+"""The one diffusers generator on a tiny Stable Diffusion pipeline saved to disk: seeds, LoRA, fine-tuned U-Net
+(full folder or LoRA weights through the one loader), as the evaluation harness uses it."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import torch
 
 import tiny
 from instructengine.config import validate_config
-from instructengine.evaluate.config import EvalConfig
-from instructengine.evaluate.generation import DiffusersGenerator, ModelSpec, build_generator
+from instructengine.evaluate.config import EvalConfig, ModelSpec
+from instructengine.generation import build_generator
+from instructengine.generation.diffusers_pipeline import DiffusersGenerator
 from instructengine.evaluate.runner import evaluate
 
 
@@ -61,18 +63,21 @@ def sd_dir(tmp_path_factory):
 
 
 def _spec(sd_dir, **kw) -> ModelSpec:
-    return ModelSpec(name=kw.pop("name", "m"), pretrained=str(sd_dir / "pipe"), num_inference_steps=2, height=16, width=16, **kw)
+    return ModelSpec(name=kw.pop("name", "m"), model=str(sd_dir / "pipe"), num_inference_steps=2, height=16, width=16, **kw)
 
 
 def _arr(images):
+    images = getattr(images, "images", images)
     return np.stack([np.asarray(im, dtype=np.int16) for im in images])
 
 
 def test_same_seed_same_image_and_batch_independence(sd_dir):
     gen = build_generator(_spec(sd_dir), "cpu")
-    assert isinstance(gen, DiffusersGenerator) and gen.last_nsfw is None
-    a = _arr(gen.generate(["a red car", "a blue dog"], [0, 1]))
-    b = _arr(gen.generate(["a red car"], [0]) + gen.generate(["a blue dog"], [1]))
+    assert isinstance(gen, DiffusersGenerator)
+    out = gen.generate(["a red car", "a blue dog"], [0, 1])
+    assert out.flagged is None
+    a = _arr(out)
+    b = _arr(gen.generate(["a red car"], [0]).images + gen.generate(["a blue dog"], [1]).images)
     assert a.shape == (2, 16, 16, 3)
     assert np.abs(a - b).max() <= 1  # batching may move a value by one rounding step, no more
     c = _arr(gen.generate(["a red car"], [5]))
@@ -92,6 +97,9 @@ def test_lora_and_finetuned_unet_change_the_images(sd_dir):
     assert np.abs(base - half).max() <= 1  # LoRA at strength 0 is the base model
     assert np.abs(base - ft).mean() > 0.5
     assert np.array_equal(ft, ft2)  # a unet folder or a pipeline folder holding one
+    # LoRA weights given as the trained U-Net are fused into the base U-Net by the same loader
+    fused = _arr(build_generator(_spec(sd_dir, unet=str(sd_dir / "lora")), "cpu").generate(prompts, seeds))
+    assert np.abs(fused - lora).max() <= 1
 
 
 def test_scheduler_swap_and_errors(sd_dir):
@@ -99,7 +107,7 @@ def test_scheduler_swap_and_errors(sd_dir):
     assert gen.describe()["scheduler_class"] == "DPMSolverMultistepScheduler"
     with pytest.raises(ValueError, match="no scheduler class 'NoSuchScheduler'"):
         build_generator(_spec(sd_dir, scheduler="NoSuchScheduler"), "cpu")
-    with pytest.raises(ValueError, match="neither 'diffusers'"):
+    with pytest.raises(ValueError, match="unknown generator 'no_such_kind'"):
         build_generator(ModelSpec(name="x", kind="no_such_kind"), "cpu")
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from instructengine.evaluate.preprocess import (
+from instructengine.scorers.preprocess import (
     OPENAI_CLIP_MEAN,
     OPENAI_CLIP_STD,
     ImageTransform,

@@ -79,7 +79,7 @@ def test_eval_writes_the_storage_contract_and_resumes(tmp_path):
     assert m["counts"]["in"] == 12 and m["counts"]["out"] == 12
 
     # a new scorer adds only its columns; the old column is kept
-    cfg2 = _config(tmp_path, scorers=["eval_fakes:make_redness", {"name": "eval_fakes:make_constant", "options": {"value": 3}}])
+    cfg2 = _config(tmp_path, scorers=["eval_fakes:make_redness", {"kind": "eval_fakes:make_constant", "options": {"value": 3}}])
     evaluate(cfg2, log=logs.append)
     m = json.loads((folder / "manifest.json").read_text())
     assert m["extra"]["scored_now"] == {"eval_fakes:make_constant": 12}
@@ -126,9 +126,8 @@ def test_config_errors_name_the_problem(tmp_path):
         _config(tmp_path, models=[{"name": "a/b", "kind": "x:y"}])
     with pytest.raises(ConfigError, match="report.base"):
         _config(tmp_path, report={"base": "nope"})
-    cfg = _config(tmp_path, models=[{"name": "m", "pretrained": None}])
-    with pytest.raises(ValueError, match="needs `pretrained`"):
-        evaluate(cfg, log=lambda s: None)
+    with pytest.raises(ConfigError, match="kind 'diffusers' needs `model`"):
+        _config(tmp_path, models=[{"name": "m", "model": None}])
 
 
 def test_report_tables_charts_grid_and_self_contained_html(tmp_path):

@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 import tiny
-from instructengine.evaluate.heads import RewardMLP
-from instructengine.evaluate.preprocess import ImageTransform
-from instructengine.evaluate.scorers import ScorerContext, build_scorer, score_columns
-from instructengine.evaluate.scorers.blip_scorers import IMAGEREWARD_MEAN, IMAGEREWARD_STD
+from instructengine.scorers.heads import RewardMLP
+from instructengine.scorers.preprocess import ImageTransform
+from instructengine.scorers import ScorerContext, build_scorer, score_columns
+from instructengine.scorers.blip_scorers import IMAGEREWARD_MEAN, IMAGEREWARD_STD
 
 PROMPTS = ["a red car", "two blue dogs", "a green circle on the square", "a red car"]
 

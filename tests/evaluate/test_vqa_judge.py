@@ -23,7 +23,7 @@ from instructengine.evaluate.config import EvalConfig  # noqa: E402
 from instructengine.evaluate.judge import judge_models  # noqa: E402
 from instructengine.evaluate.report import report  # noqa: E402
 from instructengine.evaluate.runner import evaluate  # noqa: E402
-from instructengine.evaluate.scorers import ScorerContext, build_scorer  # noqa: E402
+from instructengine.scorers import ScorerContext, build_scorer  # noqa: E402
 
 
 def _texts_and_images(body):
@@ -141,7 +141,7 @@ def test_vqa_column_and_failures_through_the_runner(server, tmp_path):
     cfg = validate_config(EvalConfig, {
         "run_dir": str(tmp_path / "run"), "benchmark": {"name": "mini", "path": str(tmp_path / "p.txt")},
         "models": [{"name": "m", "kind": "eval_fakes:make_colour_generator", "options": {"red_bias": 0.4}}],
-        "images_per_prompt": 2, "scorers": [{"name": "vqa", "options": {"llm": _llm(server, tmp_path)}}],
+        "images_per_prompt": 2, "scorers": [{"kind": "vqa", "options": {"llm": _llm(server, tmp_path)}}],
     })
     folder = evaluate(cfg, log=lambda s: None)["m"]
     scores = pd.read_parquet(folder / "scores.parquet")

@@ -12,7 +12,7 @@ import pandas as pd
 import yaml
 
 from instructengine.images.config import DataPipelineConfig
-from instructengine.images.generators import Generated
+from instructengine.generation import Generated
 
 TINY_SHAPES = dict(block_out_channels=(8, 16), attention_levels=(False, True), layers_per_block=1,
                    attention_head_dim=4, text_hidden_size=16, text_layers=1, text_heads=2)
@@ -23,7 +23,7 @@ def run_shapes_text_stages(run_dir: Path, pairs_per_request: int = 4) -> None:
 
     cfg = TextPipelineConfig.model_validate({
         "run_dir": str(run_dir),
-        "backend": {"kind": "python", "target": "instructengine.shapes.instructions:ShapesRuleBackend"},
+        "backend": {"kind": "shapes_rules"},
         "embedder": {"kind": "ngram"},
         "taxonomy": {"seeds": ["circles", "squares", "triangles"], "n_themes": 3, "theme_samples": 1,
                      "axes": ["theme", "style", "time and space"], "subtopics_per_theme": 10,
@@ -69,8 +69,8 @@ def make_config(run_dir: Path, **sections: Any) -> DataPipelineConfig:
         "run_dir": str(run_dir),
         "generator": {"kind": "shapes_render"},
         "candidates": {"n_candidates": 3, "instructions_per_call": 4},
-        "select": {"scorer": {"name": "shapes_oracle", "column": "share"}},
-        "judge": {"kind": "oracle"},
+        "select": {"scorer": {"kind": "shapes_oracle", "column": "share"}},
+        "judge": {"kind": "shapes_oracle"},
     }
     for key, value in sections.items():
         if isinstance(value, dict) and isinstance(data.get(key), dict):
@@ -129,8 +129,9 @@ class MistakeRenderGenerator:
         return Generated(images, flagged)
 
 
-def make_mistake_generator(every: int = 3, flag_every: int | None = None) -> MistakeRenderGenerator:
-    return MistakeRenderGenerator(every, flag_every)
+def make_mistake_generator(cfg) -> MistakeRenderGenerator:
+    """A generator factory (called with the GeneratorConfig): options ``every`` and ``flag_every``."""
+    return MistakeRenderGenerator(cfg.options.get("every", 3), cfg.options.get("flag_every"))
 
 
 SD_WORDS = ["a", "small", "large", "red", "blue", "green", "circle", "circles", "square", "two", "portrait",

@@ -117,7 +117,7 @@ def test_missing_pairs_is_a_clear_error(tmp_path):
 def test_nsfw_flags_are_recorded_from_the_generator(tmp_path):
     run = tmp_path / "run"
     write_pairs(run, [("a small red circle", "two small red circles"), ("a small blue square", "a large blue square")])
-    cfg = make_config(run, generator={"kind": "python", "target": "images_helpers:make_mistake_generator",
+    cfg = make_config(run, generator={"kind": "images_helpers:make_mistake_generator",
                                       "options": {"every": 10**9, "flag_every": 2}},
                       candidates={"n_candidates": 4})
     m = run_candidates(cfg)

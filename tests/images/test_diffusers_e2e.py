@@ -18,7 +18,7 @@ from instructengine.images.config import DataPipelineConfig
 def _config(tmp_path: Path, base_url: str) -> DataPipelineConfig:
     llm = {"base_url": base_url, "model": "scripted", "api_key_env": "IE_TEST_KEY_UNSET", "concurrency": 8,
            "backoff_base_s": 0.01, "backoff_max_s": 0.05, "max_retries": 3, "timeout_s": 5.0}
-    clip = {"name": "clip", "options": {"model": str(save_tiny_clip(tmp_path / "clip"))}, "batch_size": 16}
+    clip = {"kind": "clip", "options": {"model": str(save_tiny_clip(tmp_path / "clip"))}, "batch_size": 16}
     return DataPipelineConfig.model_validate({
         "run_dir": str(tmp_path / "run"),
         "llm": llm,
@@ -35,13 +35,13 @@ def _config(tmp_path: Path, base_url: str) -> DataPipelineConfig:
         "baselines": [
             {"name": "reward", "scorers": [clip]},
             {"name": "agfsync", "normalize": "zscore",
-             "scorers": [{**clip, "weight": 0.55}, {"name": "tests_brightness", "weight": 0.45, "options": {}}]},
+             "scorers": [{**clip, "weight": 0.55}, {"kind": "tests_brightness", "weight": 0.45, "options": {}}]},
         ],
     })
 
 
 def test_all_stages_from_one_config_through_the_cli(tmp_path, monkeypatch):
-    from instructengine.evaluate.scorers.base import register_scorer
+    from instructengine.scorers.base import register_scorer
 
     register_scorer("tests_brightness", lambda options, ctx: Brightness())
     with ScriptedServer(HashVLM(every=3)) as srv:

@@ -6,10 +6,10 @@ import pytest
 from images_helpers import save_tiny_sd_pipeline
 
 from instructengine.config import ConfigError, load_config
-from instructengine.images.config import DataPipelineConfig, GeneratorConfig
-from instructengine.images.generators import (
-    DiffusersImageGenerator, ShapesModelGenerator, ShapesRenderGenerator, build_generator,
-)
+from instructengine.generation import GeneratorConfig, build_generator
+from instructengine.generation.diffusers_pipeline import DiffusersGenerator
+from instructengine.images.config import DataPipelineConfig
+from instructengine.shapes.generators import ShapesModelGenerator, ShapesRenderGenerator
 from instructengine.shapes.oracle import judge
 
 
@@ -60,7 +60,7 @@ def _close(a, b) -> bool:
 def test_diffusers_pipeline_from_a_local_folder(tiny_sd):
     cfg = GeneratorConfig(kind="diffusers", model=str(tiny_sd), num_inference_steps=2, local_files_only=True)
     gen = build_generator(cfg)
-    assert isinstance(gen, DiffusersImageGenerator) and not gen.can_flag
+    assert isinstance(gen, DiffusersGenerator) and not gen.can_flag
     prompts = ["a red circle", "two blue squares", "a cat portrait"]
     out = gen.generate(prompts, [10, 11, 12])
     assert [im.shape for im in out.images] == [(16, 16, 3)] * 3 and out.flagged is None
@@ -77,14 +77,14 @@ def test_diffusers_pipeline_from_a_local_folder(tiny_sd):
 
 
 def test_config_errors_name_the_field(tmp_path):
-    with pytest.raises(ConfigError, match="generator.kind=diffusers needs generator.model"):
+    with pytest.raises(ConfigError, match="kind 'diffusers' needs `model`"):
         load_config(DataPipelineConfig, None, ["generator.kind=diffusers", "generator.model=null"])
-    with pytest.raises(ConfigError, match="generator.kind=python needs generator.target"):
-        load_config(DataPipelineConfig, None, ["generator.kind=python"])
+    with pytest.raises(ValueError, match=r"unknown generator 'no_such'; registered: \[.*'diffusers'"):
+        build_generator(GeneratorConfig(kind="no_such"))
     with pytest.raises(ConfigError, match="generator.text_noise_sigma"):
         load_config(DataPipelineConfig, None, ["generator.text_noise_sigma=-1"])
-    with pytest.raises(ValueError, match="returned int, which lacks"):
-        build_generator(GeneratorConfig(kind="python", target="builtins:int"))
+    with pytest.raises(ValueError, match="built str, which lacks"):
+        build_generator(GeneratorConfig(kind="builtins:str"))
     with pytest.raises(FileNotFoundError, match="model_index.json missing"):
         build_generator(GeneratorConfig(kind="shapes_model", model=str(tmp_path)))
     # what determines pixels is in the fingerprint, the device is not

@@ -21,7 +21,7 @@ from instructengine.llm.cache import ResponseCache
 from instructengine.llm.errors import PermanentLLMError
 
 HERE = Path(__file__).resolve().parent
-MISTAKES = {"kind": "python", "target": "images_helpers:make_mistake_generator", "options": {"every": 2}}
+MISTAKES = {"kind": "images_helpers:make_mistake_generator", "options": {"every": 2}}
 
 
 def _llm(server, **kw):
@@ -34,13 +34,13 @@ def selected_run(shapes_text_run, tmp_path_factory):
     """A run folder with candidates (half of them wrong) and best-of-N by a scorer that cannot tell."""
     run = copy_text_run(shapes_text_run, tmp_path_factory.mktemp("vlm") / "run")
     cfg = make_config(run, generator=MISTAKES, candidates={"n_candidates": 2, "max_pairs": 40},
-                      select={"scorer": {"name": "tests_constant", "options": {}}})
+                      select={"scorer": {"kind": "blip", "name": "tests_constant"}})  # never built: run_select gets the object
     from instructengine.images.candidates import run_candidates
     from instructengine.images.select import run_select
 
     run_candidates(cfg)
     run_select(cfg, scorer=ConstantScorer())
-    oracle = make_config(run, judge={"kind": "oracle"})
+    oracle = make_config(run, judge={"kind": "shapes_oracle"})
     run_judge(oracle)
     truth = pd.read_parquet(run / "judge" / "judged.parquet")
     return run, truth

@@ -18,7 +18,7 @@ from instructengine.shapes.oracle import judge
 from instructengine.train.config import DataConfig
 from instructengine.train.data import build_items
 
-MISTAKES = {"kind": "python", "target": "images_helpers:make_mistake_generator", "options": {"every": 3, "flag_every": 7}}
+MISTAKES = {"kind": "images_helpers:make_mistake_generator", "options": {"every": 3, "flag_every": 7}}
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +29,9 @@ def shapes_run(shapes_text_run, tmp_path_factory):
         generator=MISTAKES,
         candidates={"n_candidates": 3, "instructions_per_call": 8, "max_pairs": 60},
         baselines=[
-            {"name": "oracle_bw", "scorers": [{"name": "shapes_oracle", "column": "share"}]},
+            {"name": "oracle_bw", "scorers": [{"kind": "shapes_oracle", "column": "share"}]},
             {"name": "agfsync", "normalize": "zscore",
-             "scorers": [{"name": "shapes_oracle", "column": "share", "weight": 0.7}, {"name": "shapes_clip", "weight": 0.3,
+             "scorers": [{"kind": "shapes_oracle", "column": "share", "weight": 0.7}, {"kind": "shapes_clip", "weight": 0.3,
                                                                      "options": {"path": str(_tiny_clip(run.parent))}}]},
         ],
     )
@@ -176,7 +176,7 @@ class CrashingScorer:
     name = "shapes_oracle"
 
     def __init__(self, crash_at: int):
-        from instructengine.shapes.harness import OracleScorer
+        from instructengine.shapes.scorers import OracleScorer
 
         self.inner, self.crash_at, self.calls = OracleScorer(), crash_at, 0
         self.columns = self.inner.columns
@@ -213,7 +213,7 @@ def test_card_states_what_determines_the_images():
     from instructengine.images.card import _generator_settings
     from instructengine.images.config import GeneratorConfig
 
-    assert "error_rate" in _generator_settings(GeneratorConfig(kind="shapes_render", error_rate=0.5))
-    assert "0.5" in _generator_settings(GeneratorConfig(kind="shapes_render", error_rate=0.5))
+    assert "error_rate" in _generator_settings(GeneratorConfig(kind="shapes_render", options={"error_rate": 0.5}))
+    assert "0.5" in _generator_settings(GeneratorConfig(kind="shapes_render", options={"error_rate": 0.5}))
     text = _generator_settings(GeneratorConfig(kind="shapes_model", num_inference_steps=8, guidance_scale=3.0))
     assert "8 steps" in text and "guidance 3.0" in text

@@ -14,7 +14,6 @@ from instructengine.backends import (
     clean_name,
     greedy_merge,
     ledgered,
-    load_target,
     normalize_text,
     run_bounded,
 )
@@ -97,15 +96,17 @@ def test_ledgered_records_done_and_dropped_and_skips_them(tmp_path):
     assert calls == ["ok", "bad", "bad"]  # only the dropped item retried
 
 
-def test_load_target_errors_are_clear():
+def test_load_object_errors_are_clear():
+    from instructengine.registry import load_object as load_target
+
     assert load_target("instructengine.backends:NgramHashEmbedder") is NgramHashEmbedder
-    with pytest.raises(ValueError, match="must look like"):
+    with pytest.raises(ValueError, match="not an import path"):
         load_target("instructengine.backends.NgramHashEmbedder")
     with pytest.raises(ValueError, match="cannot import module 'no_such_module'"):
         load_target("no_such_module:x")
     with pytest.raises(ValueError, match="has no attribute 'Nope'"):
         load_target("instructengine.backends:Nope")
-    emb = build_embedder(EmbedderConfig(kind="python", target="instructengine.backends:NgramHashEmbedder", options={"dim": 64}))
+    emb = build_embedder(EmbedderConfig(kind="instructengine.backends:NgramHashEmbedder", options={"dim": 64}))
     assert emb.embed(["x"]).shape == (1, 64)
 
 

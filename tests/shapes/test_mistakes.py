@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from instructengine.images.config import GeneratorConfig
-from instructengine.images.generators import build_generator
+from instructengine.generation import GeneratorConfig, build_generator
 from instructengine.shapes.mistakes import MISTAKES, applicable_mistakes, imperfect_scene, make_mistake
 from instructengine.shapes.oracle import judge_scene
 from instructengine.shapes.render import render
@@ -55,7 +54,7 @@ def test_error_rate_is_respected_and_deterministic():
 
 def test_render_generator_with_errors():
     perfect = build_generator(GeneratorConfig(kind="shapes_render"))
-    flawed = build_generator(GeneratorConfig(kind="shapes_render", error_rate=0.5))
+    flawed = build_generator(GeneratorConfig(kind="shapes_render", options={"error_rate": 0.5}))
     assert perfect.fingerprint != flawed.fingerprint
     prompts = [CAPTIONS[1]] * 400
     seeds = list(range(400))
@@ -66,5 +65,5 @@ def test_render_generator_with_errors():
     # an image is a function of its own (prompt, seed) only
     again = flawed.generate(prompts[:3][::-1], seeds[:3][::-1]).images[::-1]
     assert all(np.array_equal(a, b) for a, b in zip(again, flawed.generate(prompts[:3], seeds[:3]).images))
-    with pytest.raises(ValueError, match="error_rate applies to kind=shapes_render"):
-        GeneratorConfig(kind="shapes_model", error_rate=0.2)
+    with pytest.raises(ValueError, match=r"kind 'shapes_model': unknown option\(s\) \['error_rate'\]"):
+        build_generator(GeneratorConfig(kind="shapes_model", options={"error_rate": 0.2}))

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from instructengine.config import ConfigError, load_config
-from instructengine.train.ablation import (
+from instructengine.experiments.ablation import (
     AblationConfig,
     paired_bootstrap,
     random_pick_samples,
@@ -77,7 +77,8 @@ def _ablation_yaml(tiny_root: Path, tmp_path: Path) -> Path:
                   "optim": {"lr": 1e-3}},
         "arms": [{"name": "base", "method": None}, {"name": "cv", "method": "cv_dpo"},
                  {"name": "sft", "method": "sft", "overrides": ["optim.lr=5e-4"]}],
-        "selection": {"prompts": "val.csv", "seeds": [7], "steps": [1, 2], "grid": [[], ["loss.beta=100"]]},
+        "selection": {"prompts": "val.csv", "seeds": [7], "steps": [1, 2], "grid": [[], ["loss.beta=100"]], "metric": "exact"},
+        "main_metric": "exact",
         "evaluator": f"{__name__}:tiny_evaluator", "test_prompts": "test.csv", "test_seeds": [0, 1, 2],
         "bootstrap": 200,
     }
@@ -90,7 +91,7 @@ def _ablation_yaml(tiny_root: Path, tmp_path: Path) -> Path:
 
 def test_ablation_end_to_end_and_resumable(tiny_root, tmp_path, caplog):
     cfg = load_config(AblationConfig, _ablation_yaml(tiny_root, tmp_path))
-    with caplog.at_level("INFO", logger="instructengine.train.ablation"):
+    with caplog.at_level("INFO", logger="instructengine.experiments.ablation"):
         table = run_ablation(cfg)
     progress = [r.getMessage() for r in caplog.records]  # what `instructengine train ablation` prints
     assert any(m.startswith("training cv-seed1 (cv_dpo, max_steps ") for m in progress)
@@ -154,7 +155,7 @@ def test_random_pick_samples(tmp_path):
 def test_export_pipeline_fuses_lora(tiny_root, tmp_path):
     from diffusers import UNet2DConditionModel
 
-    from instructengine.train.ablation import export_pipeline
+    from instructengine.experiments.ablation import export_pipeline
     from instructengine.train.trainer import run_training
 
     from .conftest import make_config

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from instructengine.config import ConfigError, load_config
-from instructengine.train.ablation import AblationConfig, Arm, Selection
+from instructengine.experiments.ablation import AblationConfig, Arm, Selection
 from instructengine.train.cli import app
 from instructengine.train.config import TrainConfig
 

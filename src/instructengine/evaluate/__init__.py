@@ -4,16 +4,16 @@ Importing this package imports nothing heavy. Entry points:
 
 * :func:`instructengine.evaluate.runner.evaluate` — generate + score + summarise (``instructengine eval``);
 * :func:`instructengine.evaluate.report.report` — tables, charts, grid (``instructengine report``);
-* :mod:`instructengine.evaluate.scorers` — ``score(images, prompts) -> np.ndarray`` scorers and their registry;
-* :mod:`instructengine.evaluate.benchmarks` — DrawBench and file loaders, ``register_benchmark``;
-* :mod:`instructengine.evaluate.generation` — the generator protocol, diffusers generator, ``register_generator``.
+* :mod:`instructengine.evaluate.benchmarks` — DrawBench and file loaders, ``register_benchmark``.
+
+Images come from the one generation stack (:mod:`instructengine.generation`, the same as the
+candidates stage) and scores from :mod:`instructengine.scorers` (the same as best-of-N).
 
 The on-disk layout is described in :mod:`instructengine.evaluate.storage` and docs/evaluation.md.
 """
 
 from instructengine.evaluate.benchmarks import PromptSet, load_benchmark, load_prompt_file, register_benchmark
-from instructengine.evaluate.generation import register_generator
-from instructengine.evaluate.scorers.base import ScorerContext, build_scorer, register_scorer
+from instructengine.scorers.base import ScorerContext, build_scorer, register_scorer
 
 __all__ = [
     "PromptSet",
@@ -22,6 +22,5 @@ __all__ = [
     "load_benchmark",
     "load_prompt_file",
     "register_benchmark",
-    "register_generator",
     "register_scorer",
 ]

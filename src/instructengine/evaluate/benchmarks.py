@@ -18,14 +18,13 @@ hpdv2      a folder of ``<style>.json`` files (HPSv2 benchmark prompts: anime, c
 =========  =====================================================================================
 
 Named sets: ``drawbench`` (200 prompts, 11 categories, ``prompts/drawbench.csv``). Other packages
-add theirs with :func:`register_benchmark` (ShapesWorld registers ``shapesbench``); a loader
+add theirs with :func:`register_benchmark` (bundles register theirs); a loader
 returns a :class:`PromptSet` or a DataFrame with ``prompt`` and ``category`` columns.
 """
 
 from __future__ import annotations
 
 import csv
-import importlib
 import io
 import json
 import re
@@ -97,7 +96,7 @@ class PromptSet:
 class BenchmarkSpec(Config):
     """Which prompts to evaluate on."""
 
-    name: str = Field("drawbench", description="benchmark name: a registered set (drawbench, shapesbench, ...) or the label of `path`; also the folder name under eval/<model>/")
+    name: str = Field("drawbench", description="benchmark name: a registered set (drawbench, or one a bundle registers) or the label of `path`; also the folder name under eval/<model>/")
     path: str | None = Field(None, description="prompt file or folder to load instead of a registered set")
     format: FileFormat = Field("auto", description="file format of `path` (auto: by extension; folder: hpdv2)")
     prompt_column: str | None = Field(None, description="CSV/TSV/JSON key holding the prompt (default: prompt / Prompt / caption / text)")
@@ -116,24 +115,26 @@ class BenchmarkSpec(Config):
 # --------------------------------------------------------------------------------------------- registry
 
 BenchmarkLoader = Callable[[], Any]
-_REGISTRY: dict[str, BenchmarkLoader | str] = {
-    "drawbench": lambda: load_prompt_file(PROMPTS_DIR / "drawbench.csv", name="drawbench"),
-    "shapesbench": "instructengine.shapes.bench:load_shapesbench",
-}
+def load_drawbench() -> "PromptSet":
+    """DrawBench's 200 prompts in 11 categories (shipped with the package)."""
+    return load_prompt_file(PROMPTS_DIR / "drawbench.csv", name="drawbench")
 
 
 def register_benchmark(name: str, loader: BenchmarkLoader | str) -> None:
-    """Register a named prompt set; ``loader()`` returns a PromptSet or a prompt/category DataFrame.
-
-    ``loader`` may be an import path ``"package.module:function"``, imported on first use.
+    """Register a named prompt set (kind ``benchmark`` of :mod:`instructengine.registry`); ``loader()``
+    returns a PromptSet or a prompt/category DataFrame, or is an import path ``"package.module:function"``.
     """
+    from instructengine import registry
+
     if not _NAME_RE.match(name):
         raise ValueError(f"benchmark name {name!r} must be folder-safe (letters, digits, '.', '_', '-')")
-    _REGISTRY[name] = loader
+    registry.register("benchmark", name, loader)
 
 
 def available_benchmarks() -> list[str]:
-    return sorted(_REGISTRY)
+    from instructengine import registry
+
+    return registry.available("benchmark")
 
 
 def _as_prompt_set(obj: Any, name: str, source: str) -> PromptSet:
@@ -154,15 +155,12 @@ def load_benchmark(spec: BenchmarkSpec) -> PromptSet:
     if spec.path is not None:
         ps = load_prompt_file(spec.path, spec.format, spec.name, spec.prompt_column, spec.category_column)
     else:
-        loader = _REGISTRY.get(spec.name)
-        if loader is None:
-            raise ValueError(f"unknown benchmark {spec.name!r}; known: {available_benchmarks()} (or give `path` to a prompt file)")
-        if isinstance(loader, str):
-            mod, _, attr = loader.partition(":")
-            try:
-                loader = getattr(importlib.import_module(mod), attr)
-            except (ImportError, AttributeError) as err:
-                raise ValueError(f"benchmark {spec.name!r}: cannot import its loader {_REGISTRY[spec.name]!r}: {err}") from err
+        from instructengine import registry
+
+        try:
+            loader = registry.resolve("benchmark", spec.name, where="benchmark.name")
+        except ValueError as err:
+            raise ValueError(f"{err}; or give `path` to a prompt file") from None
         ps = _as_prompt_set(loader(), spec.name, f"registered:{spec.name}")
     keep = list(range(len(ps)))
     if spec.categories is not None:

@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
+import re
+
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from instructengine.config import Config
 from instructengine.evaluate.benchmarks import BenchmarkSpec
-from instructengine.evaluate.generation import ModelSpec
+from instructengine.generation.base import GeneratorConfig
+from instructengine.scorers.spec import ScorerSpec
 
-__all__ = ["PAPER_METRICS", "EvalConfig", "JudgeSpec", "ReportConfig", "ScorerSpec"]
+__all__ = ["PAPER_METRICS", "EvalConfig", "JudgeSpec", "ModelSpec", "ReportConfig", "ScorerSpec"]
 
 #: Table 1's six metrics, in the paper's column order; "Average" is their plain mean
 PAPER_METRICS = ["pickscore", "imagereward", "hpsv2", "clip", "blip", "aesthetic"]
-
-
-class ScorerSpec(Config):
-    """One scorer: a registered name (pickscore, clip, ...) or 'package.module:factory', and its options."""
-
-    name: str = Field(description="registered scorer name or 'package.module:factory'")
-    options: dict[str, Any] = Field(default_factory=dict, description="the scorer's options (checkpoint sources, ...)")
 
 
 class JudgeSpec(Config):
@@ -50,6 +46,24 @@ class ReportConfig(Config):
     output_dir: str | None = Field(None, description="report folder (default: <run_dir>/report/<benchmark>)")
 
 
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class ModelSpec(GeneratorConfig):
+    """One model to evaluate: a generator config (the same one the candidates stage uses) and its name."""
+
+    name: str = Field(description="model name; the folder eval/<name>/ (letters, digits, '.', '_', '-')")
+    num_inference_steps: int = Field(50, ge=1, description="denoising steps")
+    guidance_scale: float = Field(7.5, ge=0, description="classifier-free guidance scale")
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, v: str) -> str:
+        if not _NAME_RE.match(v):
+            raise ValueError("must be a folder-safe name: letters, digits, '.', '_', '-' (e.g. sd15-base)")
+        return v
+
+
 class EvalConfig(Config):
     """An evaluation run: prompts, models, seeds, scorers, and the report."""
 
@@ -61,19 +75,12 @@ class EvalConfig(Config):
     seeds: list[int] | None = Field(None, description="explicit seed list (overrides images_per_prompt and seed)")
     batch_size: int = Field(4, ge=1, description="images per generation batch")
     score_batch_size: int = Field(16, ge=1, description="images per scoring batch (decoded once for all scorers)")
-    scorers: list[ScorerSpec] = Field(default_factory=lambda: [ScorerSpec(name=n) for n in PAPER_METRICS], description="scorers to run; a bare name is a scorer with default options")
+    scorers: list[ScorerSpec] = Field(default_factory=lambda: [ScorerSpec(kind=n) for n in PAPER_METRICS], description="scorers to run; a bare name is a scorer kind with default options")
     device: str = Field("cpu", description="torch device for generation and scoring ('cpu', 'cuda', 'cuda:1', 'mps')")
     scorer_dtype: Literal["float32", "float16", "bfloat16"] = Field("float32", description="dtype of the scorer models")
     skip_generation: bool = Field(False, description="score the images already on disk; fail if any is missing")
     judge: JudgeSpec = Field(default_factory=JudgeSpec, description="VLM pairwise judge settings")
     report: ReportConfig = Field(default_factory=ReportConfig, description="report settings")
-
-    @field_validator("scorers", mode="before")
-    @classmethod
-    def _bare_names(cls, v: Any) -> Any:
-        if isinstance(v, list):
-            return [{"name": x} if isinstance(x, str) else x for x in v]
-        return v
 
     @model_validator(mode="after")
     def _check(self) -> "EvalConfig":
@@ -81,10 +88,10 @@ class EvalConfig(Config):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"models: duplicate names {dup}; each model needs its own folder name")
-        snames = [s.name for s in self.scorers]
+        snames = [s.label for s in self.scorers]
         sdup = sorted({n for n in snames if snames.count(n) > 1})
         if sdup:
-            raise ValueError(f"scorers: {sdup} listed twice")
+            raise ValueError(f"scorers: {sdup} listed twice (give two entries of one kind distinct `name`s)")
         shown = self.report.models or names
         if self.report.base is not None and self.report.base not in shown:
             raise ValueError(f"report.base = {self.report.base!r} is not one of the reported models {shown}")

@@ -30,9 +30,9 @@ from typing import Any, Callable
 import numpy as np
 
 from instructengine.evaluate.benchmarks import PromptSet, load_benchmark
-from instructengine.evaluate.config import EvalConfig, ScorerSpec
-from instructengine.evaluate.generation import ModelSpec, build_generator, png_bytes, seeds_for
-from instructengine.evaluate.scorers.base import Scorer, ScorerContext, build_scorer, columns_of, score_columns
+from instructengine.evaluate.config import EvalConfig, ModelSpec, ScorerSpec
+from instructengine.generation import build_generator, png_bytes, seeds_for
+from instructengine.scorers.base import Scorer, ScorerContext, build_scorer, columns_of, score_columns
 from instructengine.evaluate.stats import bootstrap_mean, per_prompt_means
 from instructengine.evaluate.storage import image_relpath, json_safe
 from instructengine.runs import Manifest, StageDir, atomic_write_bytes, atomic_write_json, atomic_write_parquet
@@ -52,16 +52,20 @@ def _chunks(items: list[Any], n: int):
 
 
 class _ScorerPool:
-    """Builds each configured scorer on first use, once per run, shared by all models."""
+    """Builds each configured scorer on first use, once per run, shared by all models; one context
+    (device, dtype, model cache) per placement, so a model two scorers share is loaded once."""
 
-    def __init__(self, ctx: ScorerContext):
-        self.ctx = ctx
+    def __init__(self, device: str, dtype: str, run_dir: str):
+        self.defaults = (device, dtype, run_dir)
+        self._contexts: dict[tuple[str, str], ScorerContext] = {}
         self._built: dict[str, Scorer] = {}
 
     def get(self, spec: ScorerSpec) -> Scorer:
-        key = spec.name + ":" + _hash(spec.options)
+        device, dtype, run_dir = spec.device or self.defaults[0], spec.dtype or self.defaults[1], self.defaults[2]
+        key = f"{spec.label}:{spec.kind}:{device}:{dtype}:{_hash(spec.options)}"
         if key not in self._built:
-            self._built[key] = build_scorer(spec.name, spec.options, self.ctx)
+            ctx = self._contexts.setdefault((device, dtype), ScorerContext(device=device, dtype=dtype, run_dir=run_dir))
+            self._built[key] = build_scorer(spec.kind, spec.options, ctx)
         return self._built[key]
 
 
@@ -69,13 +73,13 @@ def evaluate(cfg: EvalConfig, log: Log = print) -> dict[str, Path]:
     """Generate, score and summarise every model of ``cfg``; return {model name: its eval folder}."""
     ps = load_benchmark(cfg.benchmark)
     seeds = seeds_for(cfg.images_per_prompt, cfg.seed, cfg.seeds)
-    pool = _ScorerPool(ScorerContext(device=cfg.device, dtype=cfg.scorer_dtype, run_dir=cfg.run_dir))
+    pool = _ScorerPool(cfg.device, cfg.scorer_dtype, cfg.run_dir)
     log(f"benchmark {ps.name}: {len(ps)} prompts x {len(seeds)} seeds; models {[m.name for m in cfg.models]}")
     out: dict[str, Path] = {}
     for spec in cfg.models:
         stage = StageDir(cfg.run_dir, f"eval/{spec.name}/{ps.name}")
         manifest = stage.new_manifest(cfg)
-        manifest.inputs = {"benchmark": ps.source, "model": spec.pretrained or spec.kind}
+        manifest.inputs = {"benchmark": ps.source, "model": spec.model or spec.kind}
         with manifest.timed("generate"):
             _generate(spec, ps, seeds, stage, cfg, manifest, log)
         _score(stage, ps, cfg, pool, manifest, log)
@@ -132,10 +136,10 @@ def _generate(spec: ModelSpec, ps: PromptSet, seeds: list[int], stage: StageDir,
             })
             t0 = time.perf_counter()
             for batch in _chunks(pending, cfg.batch_size):
-                images = generator.generate([b[1] for b in batch], [b[2] for b in batch])
+                out = generator.generate([b[1] for b in batch], [b[2] for b in batch])
+                images, flags = out.images, out.flagged
                 if len(images) != len(batch):
                     raise ValueError(f"{spec.name}: generator returned {len(images)} images for {len(batch)} prompts")
-                flags = getattr(generator, "last_nsfw", None)
                 for j, ((pid, prompt, seed), img) in enumerate(zip(batch, images)):
                     rel = image_relpath(pid, seed)
                     atomic_write_bytes(folder / rel, png_bytes(img))
@@ -180,21 +184,21 @@ def _score(stage: StageDir, ps: PromptSet, cfg: EvalConfig, pool: _ScorerPool, m
 
     todo: dict[str, set[tuple[int, int]]] = {}
     for spec in cfg.scorers:
-        h = _hash(spec.options)
-        prev = meta.get(spec.name)
+        h = _hash({"kind": spec.kind, "options": spec.options})
+        prev = meta.get(spec.label)
         fresh = (prev is None or prev.get("options_hash") != h or old is None or not prev.get("columns")
                  or any(c not in old.columns for c in prev["columns"]))
         need = set(keys) if fresh else set(keys) - old_keys
         if need:
-            todo[spec.name] = need
-        meta[spec.name] = {"options_hash": h, "options": spec.options, "columns": (prev or {}).get("columns", []) if not fresh else []}
+            todo[spec.label] = need
+        meta[spec.label] = {"options_hash": h, "options": spec.options, "columns": (prev or {}).get("columns", []) if not fresh else []}
 
     results: dict[str, dict[tuple[int, int], float]] = {}
     unreadable: set[tuple[int, int]] = set()
     rows = [k for k in keys if any(k in s for s in todo.values())]
     if rows:
         log(f"[{folder.parent.name}] scoring {len(rows)} images with {sorted(todo)}")
-    specs = [s for s in cfg.scorers if s.name in todo]
+    specs = [s for s in cfg.scorers if s.label in todo]
     for batch in _chunks(rows, cfg.score_batch_size):
         decoded: dict[tuple[int, int], Any] = {}
         with manifest.timed("decode"):
@@ -205,26 +209,26 @@ def _score(stage: StageDir, ps: PromptSet, cfg: EvalConfig, pool: _ScorerPool, m
                 except (OSError, ValueError):
                     unreadable.add(k)
         for spec in specs:
-            sel = [k for k in batch if k in todo[spec.name] and k in decoded]
+            sel = [k for k in batch if k in todo[spec.label] and k in decoded]
             if not sel:
                 continue
             scorer = pool.get(spec)
             dropped_before = Counter(getattr(scorer, "dropped", None) or {})
-            with manifest.timed(f"score:{spec.name}"):
+            with manifest.timed(f"score:{spec.label}"):
                 cols = score_columns(scorer, [decoded[k] for k in sel], [prompt_of[k[0]] for k in sel])
             # what a scorer could not measure (e.g. a VLM answer that stayed invalid), by reason
             failures = manifest.extra.setdefault("scorer_failures", {})
             for reason, n in (Counter(getattr(scorer, "dropped", None) or {}) - dropped_before).items():
                 failures[reason] = failures.get(reason, 0) + n
-            meta[spec.name]["columns"] = list(columns_of(scorer))
+            meta[spec.label]["columns"] = list(columns_of(scorer))
             if hasattr(scorer, "info"):
-                meta[spec.name]["info"] = scorer.info
+                meta[spec.label]["info"] = scorer.info
             for c, vals in cols.items():
                 results.setdefault(c, {}).update(zip(sel, vals.tolist()))
 
     keep = [k for k in keys if k not in unreadable]
     table = pd.DataFrame({"prompt_index": [k[0] for k in keep], "seed": [k[1] for k in keep]})
-    columns = [c for s in cfg.scorers for c in meta[s.name]["columns"]]
+    columns = [c for s in cfg.scorers for c in meta[s.label]["columns"]]
     dup = sorted({c for c in columns if columns.count(c) > 1})
     if dup:
         raise ValueError(f"scorers write the same column(s) {dup}; each metric column must come from one scorer")

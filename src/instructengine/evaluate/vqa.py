@@ -30,7 +30,7 @@ import numpy as np
 from pydantic import BaseModel, Field, create_model
 
 from instructengine.config import Config, validate_config
-from instructengine.evaluate.scorers.base import ScorerContext, check_batch
+from instructengine.scorers.base import ScorerContext, check_batch
 
 __all__ = ["Question", "VQAOptions", "VQAScorer", "make_vqa_scorer"]
 

@@ -51,7 +51,7 @@ def normalize_scores(values: np.ndarray, how: str) -> np.ndarray:
 
 
 def _column_name(spec: Any, taken: set[str]) -> str:
-    base = "score_" + "".join(c if c.isalnum() else "_" for c in spec.name).strip("_")
+    base = "score_" + "".join(c if c.isalnum() else "_" for c in spec.label).strip("_")
     name, i = base, 2
     while name in taken:
         name, i = f"{base}_{i}", i + 1
@@ -79,8 +79,8 @@ def run_baseline(
     taken: set[str] = set()
     columns = {}
     for s in spec.scorers:
-        with manifest.timed(f"score_{s.name}"):
-            values, stats = score_candidates(run_dir, s, usable, gen_fp, (scorers or {}).get(s.name), log)
+        with manifest.timed(f"score_{s.label}"):
+            values, stats = score_candidates(run_dir, s, usable, gen_fp, (scorers or {}).get(s.label), log)
         col = _column_name(s, taken)
         columns[col] = values
         manifest.extra[f"{col}_cached_computed"] = [stats["cached"], stats["computed"]]
@@ -116,7 +116,7 @@ def run_baseline(
     manifest.outputs["preferences"] = str(atomic_write_parquet(stage.path("preferences.parquet"), pref_table))
     manifest.count_out = len(pref_table)
     manifest.extra.update(
-        scorers=[{"name": s.name, "weight": s.weight, "fingerprint": s.fingerprint()} for s in spec.scorers],
+        scorers=[{"kind": s.kind, "name": s.label, "weight": s.weight, "fingerprint": s.fingerprint()} for s in spec.scorers],
         normalize=spec.normalize,
         candidate_rows=len(table),
         mean_reward_gap=round(float((pref_table["reward_w"] - pref_table["reward_l"]).mean()), 6) if len(pref_table) else None,

@@ -186,7 +186,7 @@ def _worker_name(ccfg: Any, state: Any) -> str:
 
 
 def _build_for_process(cfg: DataPipelineConfig, state: Any) -> Any:
-    from instructengine.images.generators import build_generator
+    from instructengine.generation import build_generator
 
     gcfg = cfg.generator
     if gcfg.device == "auto":
@@ -274,7 +274,7 @@ def _merge(
     manifest = stage.new_manifest(cfg.candidates)
     manifest.inputs["pairs"] = str(Path(cfg.run_dir) / "instructions" / "pairs.parquet")
     failed = _failures(stage)
-    read_flags = cfg.generator.kind in ("diffusers", "python")  # backends that may flag images
+    read_flags = cfg.generator.kind == "diffusers" or ":" in cfg.generator.kind  # backends that may flag images
     rows = []
     missing_unexplained = []
     failed_now: set[str] = set()

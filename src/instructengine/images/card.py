@@ -87,7 +87,7 @@ def write_card(cfg: Any, samples: Any, folder: Path) -> Path:
         f"- samples: **{len(samples):,}** in `samples.parquet` (image paths relative to this folder)",
         f"- generator: `{cfg.generator.kind}` {cfg.generator.model or ''} - {cfg.candidates.n_candidates} candidates per instruction, "
         + _generator_settings(cfg.generator),
-        f"- selection scorer: `{cfg.select.scorer.name}`; judge: `{cfg.judge.kind}`"
+        f"- selection scorer: `{cfg.select.scorer.label}`; judge: `{cfg.judge.kind}`"
         + (f" ({cfg.judge_llm().model})" if cfg.judge.kind == "vlm" else ""),
         *(
             [f"- the image stages used {cfg.candidates.max_pairs:,} of the pairs (`candidates.max_pairs`)"]
@@ -134,8 +134,4 @@ def write_card(cfg: Any, samples: Any, folder: Path) -> Path:
 
 def _generator_settings(gen) -> str:
     """The settings that determine a generator's images, in words."""
-    if gen.kind == "shapes_render":
-        return f"one attribute wrong in a share {gen.error_rate} of the images (error_rate)"
-    if gen.kind == "python":
-        return f"factory {gen.target} {gen.options}"
-    return f"{gen.num_inference_steps} steps, guidance {gen.guidance_scale}, text noise sigma {gen.text_noise_sigma}"
+    return gen.settings_text()

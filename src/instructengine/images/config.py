@@ -16,6 +16,8 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from instructengine.config import Config
+from instructengine.generation.base import GeneratorConfig
+from instructengine.scorers.spec import ScorerSpec
 from instructengine.llm.config import LLMConfig
 from instructengine.text_pipeline import TextPipelineConfig
 
@@ -34,72 +36,6 @@ __all__ = [
 
 IMAGE_STAGES = ("candidates", "select", "judge", "dataset", "baselines")
 PAPER_GENERATOR = "stabilityai/stable-diffusion-xl-base-1.0"
-Dtype = Literal["float32", "float16", "bfloat16"]
-
-
-class GeneratorConfig(Config):
-    """The text-to-image generator that draws the candidates."""
-
-    kind: Literal["diffusers", "shapes_model", "shapes_render", "python"] = Field(
-        "diffusers",
-        description="diffusers: any diffusers text-to-image pipeline (`model` = Hub id or local folder); "
-        "shapes_model: the ShapesWorld diffusion model (`model` = pipeline folder, null = the shipped one); "
-        "shapes_render: the ShapesWorld renderer (perfect, or imperfect with `error_rate` > 0); python: `target` factory.",
-    )
-    model: str | None = Field(
-        None, description="diffusers: Hub id or local folder (required); shapes_model: pipeline folder (null: the shipped one)."
-    )
-    num_inference_steps: int = Field(30, ge=1, description="Denoising steps per image.")
-    guidance_scale: float = Field(5.0, ge=0, description="Classifier-free guidance scale.")
-    sampler: Literal["dpmpp", "ddim"] = Field("dpmpp", description="shapes_model only: DPM-Solver++ or DDIM.")
-    scheduler: str | None = Field(
-        None, description="diffusers only: scheduler class to swap in (e.g. DPMSolverMultistepScheduler); null: the pipeline's."
-    )
-    height: int | None = Field(None, ge=8, description="diffusers only: image height (null: the pipeline's default).")
-    width: int | None = Field(None, ge=8, description="diffusers only: image width (null: the pipeline's default).")
-    negative_prompt: str | None = Field(None, description="diffusers only: negative prompt for every image.")
-    text_noise_sigma: float = Field(
-        0.0,
-        ge=0,
-        description="AGFSync-style Gaussian noise added to the text condition (prompt embeddings), drawn from the "
-        "image's seed, for more diverse candidates; 0 disables it. Its scale is model specific.",
-    )
-    error_rate: float = Field(
-        0.0,
-        ge=0,
-        le=1,
-        description="shapes_render only: probability that an image shows its scene with one attribute wrong "
-        "(instructengine.shapes.mistakes), so that the renderer plays a strong but imperfect generator.",
-    )
-    dtype: Dtype = Field(
-        "float32",
-        description="diffusers: weights dtype; shapes_model: bfloat16 runs the U-Net under CPU/GPU autocast.",
-    )
-    device: str = Field("cpu", description="torch device, e.g. cpu, cuda (under accelerate: the process's device when 'auto').")
-    disable_safety_checker: bool = Field(
-        False, description="diffusers only: load without the safety checker (it blacks out flagged images; flagged images are dropped at select)."
-    )
-    local_files_only: bool = Field(False, description="diffusers only: never reach the Hub when loading.")
-    torch_threads: int | None = Field(None, ge=1, description="torch CPU threads per process (null: torch's default).")
-    target: str = Field("", description="kind=python: import path 'pkg.module:factory' returning an ImageGenerator.")
-    options: dict[str, Any] = Field(default_factory=dict, description="kind=python: keyword arguments of the factory.")
-
-    @model_validator(mode="after")
-    def _check(self) -> "GeneratorConfig":
-        if self.kind == "diffusers" and not self.model:
-            raise ValueError("generator.kind=diffusers needs generator.model (a Hub id such as "
-                             "stabilityai/stable-diffusion-xl-base-1.0, or a local pipeline folder)")
-        if self.error_rate and self.kind != "shapes_render":
-            raise ValueError(f"generator.error_rate applies to kind=shapes_render only, not kind={self.kind}")
-        if self.kind == "python" and not self.target:
-            raise ValueError("generator.kind=python needs generator.target ('package.module:factory')")
-        return self
-
-    def fingerprint(self) -> str:
-        """What determines the pixels (not the device or thread count): a short hash + the kind."""
-        data = self.model_dump(mode="json", exclude={"device", "torch_threads", "local_files_only"})
-        blob = json.dumps(data, sort_keys=True)
-        return f"{self.kind}:{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
 
 class CandidatesConfig(Config):
@@ -139,25 +75,6 @@ class CandidatesConfig(Config):
         return self
 
 
-class ScorerSpec(Config):
-    """An image-text scorer with ``score(images, prompts) -> array``."""
-
-    name: str = Field(
-        "blip",
-        description="shapes_clip / shapes_oracle (ShapesWorld), a scorer of instructengine.evaluate (blip, hpsv2, "
-        "clip, pickscore, imagereward, aesthetic, vqa, ...) or 'package.module:factory'.",
-    )
-    options: dict[str, Any] = Field(default_factory=dict, description="Options of the scorer factory (e.g. checkpoint paths).")
-    column: str | None = Field(None, description="For scorers returning several columns: the one used (null: the first).")
-    device: str = Field("cpu", description="torch device of the scorer.")
-    dtype: Dtype = Field("float32", description="Scorer weights dtype.")
-    batch_size: int = Field(64, ge=1, description="Images per score() call (whole instructions are kept together).")
-
-    def fingerprint(self) -> str:
-        blob = json.dumps(self.model_dump(mode="json", include={"name", "options", "column", "dtype"}), sort_keys=True)
-        return f"{self.name.replace(':', '.').replace('/', '.')}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
-
-
 class WeightedScorerSpec(ScorerSpec):
     """A scorer and its weight in a weighted multi-score reward."""
 
@@ -167,17 +84,25 @@ class WeightedScorerSpec(ScorerSpec):
 class SelectConfig(Config):
     """Stage 5a: best-of-N per instruction by an image-text scorer (paper: BLIP)."""
 
-    scorer: ScorerSpec = Field(default_factory=ScorerSpec, description="The selection scorer.")
+    scorer: ScorerSpec = Field(default_factory=lambda: ScorerSpec(kind="blip"), description="The selection scorer (paper: BLIP).")
 
 
 class JudgeConfig(Config):
     """Stage 5b: keep or drop each selected image (paper: GPT-4o)."""
 
-    kind: Literal["vlm", "oracle", "none"] = Field(
+    kind: str = Field(
         "vlm",
-        description="vlm: a vision-language model through the OpenAI-compatible client; oracle: the ShapesWorld "
-        "oracle (exact attribute check); none: keep every selected image.",
+        description="vlm: a vision-language model through the OpenAI-compatible client; none: keep every selected "
+        "image; or a judge a bundle registered (e.g. ShapesWorld's exact oracle, shapes_oracle) or "
+        "'package.module:factory' (called with this config and the run folder).",
     )
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
+        from instructengine.registry import check_name
+
+        return check_name("judge", v)
+
     llm: LLMConfig | None = Field(
         None, description="kind=vlm: client settings; null: the pipeline's top-level `llm` (its cache goes to <run_dir>/judge/)."
     )

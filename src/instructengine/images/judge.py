@@ -8,9 +8,8 @@ Judges (one protocol, ``fingerprint`` + ``async judge_many([(image_path, prompt)
   (``<run_dir>/judge/llm_cache.sqlite``), so a re-run asks nothing already answered. An item the
   client gives up on (retries exhausted, answer still malformed) is dropped with reason
   ``judge_error:<client reason>``; a permanent error (bad key, unknown model) aborts the stage.
-* :class:`OracleJudge` - the ShapesWorld oracle: keeps exact matches; otherwise the reason names
-  the first failing attribute (``oracle:count``, ``oracle:colour``, ...).
-* :class:`KeepAllJudge` - keeps everything (``judge.kind: none``).
+* :class:`KeepAllJudge` - keeps everything (``judge.kind: none``);
+* any judge a bundle registers (ShapesWorld's exact oracle: ``judge.kind: shapes_oracle``).
 
 Writes ``<run_dir>/judge/judged.parquet`` (:data:`JUDGED_COLUMNS`) and ``manifest.json`` (counts
 are images; dropped by reason). Resumable: verdicts are recorded ``chunk_size`` at a time.
@@ -34,7 +33,8 @@ __all__ = [
     "JUDGED_COLUMNS",
     "JudgeAnswer",
     "KeepAllJudge",
-    "OracleJudge",
+    "make_keep_all_judge",
+    "make_vlm_judge",
     "STAGE",
     "VLMJudge",
     "Verdict",
@@ -84,32 +84,6 @@ class KeepAllJudge:
 
     async def judge_many(self, items: Sequence[tuple[Path, str]]) -> list[Verdict]:
         return [Verdict(True, "ok") for _ in items]
-
-
-class OracleJudge:
-    """ShapesWorld's exact oracle (``instructengine.shapes.oracle.judge``)."""
-
-    fingerprint = "shapes-oracle-v1"
-
-    def judge_one(self, path: Path, prompt: str) -> Verdict:
-        import numpy as np
-
-        from instructengine.images.scorers import load_rgb
-        from instructengine.shapes.oracle import ATTRIBUTES, judge
-        from instructengine.shapes.scene import CaptionError
-
-        try:
-            verdict = judge(np.asarray(load_rgb(path)), prompt)
-        except CaptionError as err:
-            return Verdict(False, "oracle:not_a_caption", str(err)[:200])
-        detail = json.dumps({k: v for k, v in verdict.items() if v is not None}, sort_keys=True)
-        if verdict["exact"]:
-            return Verdict(True, "ok", detail)
-        first = next(a for a in ATTRIBUTES if verdict.get(a) is False)
-        return Verdict(False, f"oracle:{first}", detail)
-
-    async def judge_many(self, items: Sequence[tuple[Path, str]]) -> list[Verdict]:
-        return [self.judge_one(path, prompt) for path, prompt in items]
 
 
 class VLMJudge:
@@ -175,17 +149,28 @@ class VLMJudge:
         return out  # type: ignore[return-value]
 
 
-def _build_judge(cfg: DataPipelineConfig, stage: StageDir) -> tuple[Any, Any]:
-    """(judge, client or None); the client must be closed."""
-    kind = cfg.judge.kind
-    if kind == "oracle":
-        return OracleJudge(), None
-    if kind == "none":
-        return KeepAllJudge(), None
+def make_vlm_judge(cfg: DataPipelineConfig, stage_root: Path) -> VLMJudge:
+    """``judge.kind: vlm``: the VLM judge on the pipeline's (or the judge's own) LLM settings."""
     from instructengine.llm import build_client
 
-    client = build_client(cfg.judge_llm(), stage.root)
-    return VLMJudge(client, cfg.judge), client
+    return VLMJudge(build_client(cfg.judge_llm(), stage_root), cfg.judge)
+
+
+def make_keep_all_judge(cfg: DataPipelineConfig, stage_root: Path) -> KeepAllJudge:
+    """``judge.kind: none``: keep every selected image."""
+    return KeepAllJudge()
+
+
+def _build_judge(cfg: DataPipelineConfig, stage: StageDir) -> tuple[Any, Any]:
+    """(judge, its LLM client or None); the client must be closed. Judges come from the component
+    registry (kind ``judge``): vlm, none, a bundle's, or 'package.module:factory'."""
+    from instructengine import registry
+
+    judge = registry.instantiate("judge", cfg.judge.kind, cfg, stage.root, where="judge.kind")
+    if not hasattr(judge, "judge_many") or not hasattr(judge, "fingerprint"):
+        raise ValueError(f"judge.kind {cfg.judge.kind!r} built {type(judge).__name__}, which lacks `fingerprint` and "
+                         "`async judge_many(items) -> [Verdict]`")
+    return judge, getattr(judge, "client", None)
 
 
 async def run_judge_async(

@@ -1,15 +1,9 @@
-"""Image-text scorers for selection and baselines, and the resumable per-candidate score cache.
+"""The data pipeline's use of the scorers: building one from its spec, and the resumable per-candidate score cache.
 
 A scorer has ``name`` and ``score(images, prompts) -> np.ndarray`` (one value per image, or one
-row per image for multi-column scorers; NaN = not measured). Names:
-
-* ``shapes_clip`` - ShapesWorld's tiny contrastive model (option ``path``; default: the shipped one),
-  the harness's scorer (:mod:`instructengine.shapes.harness`);
-* ``shapes_oracle`` - ShapesWorld's exact oracle, the harness's scorer: columns ``exact``, one per
-  attribute and ``share`` (the share of the caption's stated attributes found in the image, a graded
-  score: pick it with ``column: share``); NaN for a prompt that is not a ShapesWorld caption;
-* anything :func:`instructengine.evaluate.scorers.build_scorer` knows (``blip``, ``hpsv2``,
-  ``clip``, ``pickscore``, ``imagereward``, ``aesthetic``, ``vqa``, or ``package.module:factory``).
+row per image for multi-column scorers; NaN = not measured); any kind of :mod:`instructengine.scorers`
+serves (``blip``, ``hpsv2``, ``clip``, ``pickscore``, ``imagereward``, ``aesthetic``, ``vqa``, a
+bundle's, or ``package.module:factory``): the same scorers as the evaluation harness.
 
 :func:`score_candidates` scores candidate images once per (scorer, generator): results are kept
 in ``<run_dir>/scores/<scorer>-<generator>.jsonl`` (one fsynced line per scorer call), so the
@@ -25,7 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from instructengine.images.config import ScorerSpec
+from instructengine.scorers.spec import ScorerSpec
 from instructengine.runs import Ledger
 
 __all__ = ["build_image_scorer", "load_rgb", "score_candidates"]
@@ -38,12 +32,13 @@ def build_image_scorer(spec: ScorerSpec, run_dir: str | Path | None = None) -> A
     Raises:
         ValueError: unknown scorer name or bad options (the message lists what is allowed).
     """
-    from instructengine.evaluate.scorers.base import ScorerContext, build_scorer
+    from instructengine.scorers.base import ScorerContext, build_scorer
 
     context = ScorerContext(
-        device=spec.device, dtype=spec.dtype, run_dir=str(Path(run_dir) / "scores") if run_dir is not None else None
+        device=spec.device or "cpu", dtype=spec.dtype or "float32",
+        run_dir=str(Path(run_dir) / "scores") if run_dir is not None else None,
     )
-    return build_scorer(spec.name, spec.options, context)
+    return build_scorer(spec.kind, spec.options, context)
 
 
 def load_rgb(path: Path) -> Any:
@@ -54,12 +49,12 @@ def load_rgb(path: Path) -> Any:
 
 
 def _score_column(scorer: Any, spec: ScorerSpec, images: list[Any], prompts: list[str]) -> np.ndarray:
-    from instructengine.evaluate.scorers.base import columns_of, score_columns
+    from instructengine.scorers.base import columns_of, score_columns
 
     cols = score_columns(scorer, images, prompts)
     column = spec.column or columns_of(scorer)[0]
     if column not in cols:
-        raise ValueError(f"scorer {spec.name!r} has no column {column!r}; it returns {sorted(cols)}")
+        raise ValueError(f"scorer {spec.label!r} has no column {column!r}; it returns {sorted(cols)}")
     return cols[column]
 
 
@@ -101,7 +96,7 @@ def score_candidates(
                 known.update(zip(chunk_ids, (math.nan if v is None else v for v in clean)))
                 computed += len(chunk_ids)
                 if computed % (spec.batch_size * 50) < len(chunk_ids):
-                    log(f"[scores] {spec.name}: {computed}/{len(todo)} images")
+                    log(f"[scores] {spec.label}: {computed}/{len(todo)} images")
     finally:
         ledger.close()
     return np.array([known[cid] for cid in ids], dtype=np.float64), {"cached": cached, "computed": computed}

@@ -80,3 +80,17 @@ def load_shapesbench() -> pd.DataFrame:
 
 if __name__ == "__main__":  # regenerate the shipped file: python -m instructengine.shapes.bench
     generate_shapesbench().to_csv(BENCH_CSV, index=False)
+
+
+def validation_prompts(out: str | Path, seed: int = 7) -> Path:
+    """ShapesBench's generator with another seed, minus the test prompts: a validation CSV for
+    hyper-parameter selection (registered as ``validation_prompts`` kind ``shapesbench-val``)."""
+    from instructengine.runs import atomic_write_text
+
+    test = set(load_shapesbench().prompt)
+    df = generate_shapesbench(seed)
+    df = df[~df.prompt.isin(test)].reset_index(drop=True)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, df.to_csv(index=False))
+    return out

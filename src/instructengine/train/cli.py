@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-app = typer.Typer(help="Alignment training: cross-validation DPO and baselines; the ShapesWorld ablation.",
+app = typer.Typer(help="Alignment training: cross-validation DPO and baselines; ablations on any bundle.",
                   no_args_is_help=True)
 
 _CONFIG = typer.Option(None, "--config", "-c", help="YAML config (configs/train_sd15.yaml, ...)")
@@ -91,9 +91,9 @@ def ablation(config: Optional[Path] = _CONFIG, overrides: Optional[list[str]] = 
     import logging
 
     from instructengine.config import ConfigError, load_config
-    from instructengine.train.ablation import AblationConfig, run_ablation
+    from instructengine.experiments.ablation import AblationConfig, run_ablation
 
-    progress = logging.getLogger("instructengine.train.ablation")  # one line per training / evaluation
+    progress = logging.getLogger("instructengine.experiments.ablation")  # one line per training / evaluation
     if not progress.handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
@@ -109,7 +109,7 @@ def ablation(config: Optional[Path] = _CONFIG, overrides: Optional[list[str]] = 
 
 @app.command()
 def demo(out: Path = typer.Option(Path("runs/train-demo"), help="output folder"),
-         kind: str = typer.Option("sd15", help="tiny model: sd15, sdxl or shapes"),
+         kind: str = typer.Option("sd15", help="tiny model kind: sd15, sdxl or one a bundle registers"),
          method: str = typer.Option("cv_dpo", help="training method")) -> None:
     """CPU toy run: build a tiny random model and dataset, train 2 steps, print the metrics."""
     from instructengine.train.config import TrainConfig

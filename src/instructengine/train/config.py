@@ -28,15 +28,17 @@ __all__ = [
 class ModelConfig(Config):
     """Which base model to align and how to load it."""
 
-    kind: Literal["sd15", "sdxl", "shapes"] = Field(
+    kind: str = Field(
         "sd15",
-        description="adapter: 'sd15' (one CLIP text encoder + VAE), 'sdxl' (two text encoders, pooled "
-        "embeddings, size/crop micro-conditioning, VAE), 'shapes' (ShapesWorld pixel-space U-Net, no VAE)",
+        description="adapter (instructengine.registry kind 'model'): 'sd15' (one CLIP text encoder + VAE), 'sdxl' "
+        "(two text encoders, pooled embeddings, size/crop micro-conditioning, VAE), one a bundle registers, or "
+        "'package.module:factory'",
     )
-    path: str = Field(
-        "runwayml/stable-diffusion-v1-5",
+    path: str | None = Field(
+        None,
         description="diffusers-format folder (unet/, text_encoder/, tokenizer/, scheduler/, vae/ ...) or a "
-        "hub id (needs network)",
+        "hub id (needs network); null: the kind's default weights (sd15: stable-diffusion-v1-5, sdxl: "
+        "stabilityai/stable-diffusion-xl-base-1.0, a bundle's: its shipped model)",
     )
     revision: str | None = Field(None, description="hub revision of `path` (ignored for local folders)")
     variant: str | None = Field(None, description="weights variant to load, e.g. 'fp16' (None: the default weights)")
@@ -53,6 +55,29 @@ class ModelConfig(Config):
     prediction_type: Literal["auto", "epsilon", "v_prediction"] = Field(
         "auto", description="training target; 'auto' takes the scheduler's prediction_type"
     )
+
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
+        from instructengine.registry import check_name
+
+        return check_name("model", v)
+
+    def source(self) -> str:
+        """``path``, or the default weights of the model kind (its factory's ``default_path``).
+
+        Raises:
+            ValueError: ``path`` is null and the kind has no default.
+        """
+        if self.path:
+            return self.path
+        from instructengine import registry
+
+        default = getattr(registry.resolve("model", self.kind, where="model.kind"), "default_path", None)
+        if not default:
+            raise ValueError(f"model.path is null and model.kind {self.kind!r} has no default weights; set model.path")
+        return str(default)
 
 
 class LoraConfig(Config):

@@ -1,12 +1,12 @@
 """Model adapters: the frozen parts of a text-to-image model behind one small interface.
 
 An adapter owns the U-Net (which the trainer trains, whole or through LoRA), the frozen text
-encoder(s), the frozen VAE (none for ShapesWorld) and the noise scheduler, and knows how to
+encoder(s), the frozen VAE (none for a pixel-space model) and the noise scheduler, and knows how to
 
 * ``encode_text(prompts)`` -> conditioning dict (``encoder_hidden_states``; SDXL adds the pooled
   ``text_embeds``), exactly as the diffusers pipelines of that model encode prompts;
 * ``null_text(n)`` -> the unconditional conditioning the pipeline uses for classifier-free guidance
-  (SD1.5 and ShapesWorld: the empty prompt; SDXL: zeros, ``force_zeros_for_empty_prompt``);
+  (SD1.5: the empty prompt; SDXL: zeros, ``force_zeros_for_empty_prompt``);
 * ``latent_dist(pixels)`` -> (mean, std) of the latent distribution (VAE) or (pixels, 0) in pixel space;
 * ``unet_kwargs(cond, micro)`` -> the U-Net's keyword arguments (SDXL: ``added_cond_kwargs`` with
   ``time_ids = (orig_h, orig_w, crop_top, crop_left, target_h, target_w)`` of each image);
@@ -32,10 +32,13 @@ __all__ = [
     "ModelAdapter",
     "SD15Adapter",
     "SDXLAdapter",
-    "ShapesAdapter",
     "cat_cond",
+    "noise_scheduler",
+    "tokenize_padded",
     "index_cond",
     "load_adapter",
+    "load_sd15",
+    "load_sdxl",
     "load_trained_unet",
 ]
 
@@ -51,7 +54,7 @@ def index_cond(cond: Cond, idx: torch.Tensor | slice) -> Cond:
     return {k: v[idx] for k, v in cond.items()}
 
 
-def _tokenize(tokenizer: Any, prompts: list[str]) -> torch.Tensor:
+def tokenize_padded(tokenizer: Any, prompts: list[str]) -> torch.Tensor:
     return tokenizer(
         list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
         return_tensors="pt",
@@ -156,7 +159,7 @@ class SD15Adapter(ModelAdapter):
 
     @torch.no_grad()
     def encode_text(self, prompts: list[str]) -> Cond:
-        ids = _tokenize(self.tokenizer, prompts).to(self.device)
+        ids = tokenize_padded(self.tokenizer, prompts).to(self.device)
         return {"encoder_hidden_states": self.text_encoder(ids)[0]}
 
 
@@ -181,7 +184,7 @@ class SDXLAdapter(ModelAdapter):
     def encode_text(self, prompts: list[str]) -> Cond:
         hidden, pooled = [], None
         for tokenizer, encoder in zip(self.tokenizers, self.text_encoders):
-            out = encoder(_tokenize(tokenizer, prompts).to(self.device), output_hidden_states=True)
+            out = encoder(tokenize_padded(tokenizer, prompts).to(self.device), output_hidden_states=True)
             pooled = out[0]  # as the pipeline: the last encoder's projected pooled output is kept
             hidden.append(out.hidden_states[-2])
         return {"encoder_hidden_states": torch.cat(hidden, dim=-1), "text_embeds": pooled}
@@ -204,34 +207,6 @@ class SDXLAdapter(ModelAdapter):
         }
 
 
-class ShapesAdapter(ModelAdapter):
-    """ShapesWorld: pixel-space U-Net (3 channels, images in [-1, 1], no VAE) and a tiny CLIP text
-    encoder fed by a word-level tokenizer padded to a fixed length."""
-
-    kind = "shapes"
-
-    def __init__(self, unet: Any, noise_scheduler: Any, text_encoder: Any, tokenizer: Any):
-        super().__init__(unet, noise_scheduler, vae=None)
-        self.text_encoder = text_encoder
-        self.tokenizer = tokenizer
-
-    def frozen_modules(self) -> list[torch.nn.Module]:
-        return [self.text_encoder]
-
-    @torch.no_grad()
-    def encode_text(self, prompts: list[str]) -> Cond:
-        ids = _tokenize(self.tokenizer, prompts).to(self.device)
-        return {"encoder_hidden_states": self.text_encoder(ids).last_hidden_state}
-
-    @torch.no_grad()
-    def latent_dist(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        p = pixels.to(self.device, dtype=torch.float32)
-        return p, torch.zeros_like(p)
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return latents.float()
-
-
 # ----------------------------------------------------------------------------------------------
 # loading
 # ----------------------------------------------------------------------------------------------
@@ -246,10 +221,10 @@ def _kw(cfg: "ModelConfig") -> dict[str, Any]:
     return kw
 
 
-def _noise_scheduler(cfg: "ModelConfig") -> Any:
+def noise_scheduler(cfg: "ModelConfig") -> Any:
     from diffusers import DDPMScheduler
 
-    sched = DDPMScheduler.from_pretrained(cfg.path, subfolder="scheduler", **({"revision": cfg.revision} if cfg.revision else {}))
+    sched = DDPMScheduler.from_pretrained(cfg.source(), subfolder="scheduler", **({"revision": cfg.revision} if cfg.revision else {}))
     if cfg.prediction_type != "auto":
         sched.register_to_config(prediction_type=cfg.prediction_type)
     if sched.config.prediction_type not in ("epsilon", "v_prediction"):
@@ -266,7 +241,7 @@ def _vae(cfg: "ModelConfig") -> Any:
     if cfg.vae_path:
         sub = "vae" if (Path(cfg.vae_path) / "vae").is_dir() else None
         return AutoencoderKL.from_pretrained(cfg.vae_path, subfolder=sub)
-    return AutoencoderKL.from_pretrained(cfg.path, subfolder="vae", **_kw(cfg))
+    return AutoencoderKL.from_pretrained(cfg.source(), subfolder="vae", **_kw(cfg))
 
 
 def _force_zeros(path: str) -> bool:
@@ -276,68 +251,65 @@ def _force_zeros(path: str) -> bool:
     return True
 
 
-def load_adapter(cfg: "ModelConfig") -> ModelAdapter:
-    """Load the model named by ``cfg`` (a diffusers-format folder or hub id) into its adapter.
+SD15_DEFAULT = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+SDXL_DEFAULT = "stabilityai/stable-diffusion-xl-base-1.0"
 
-    Raises:
-        ValueError: unknown kind or unsupported prediction type (the message says what is allowed).
-    """
+
+def load_sd15(cfg: "ModelConfig") -> SD15Adapter:
+    """``model.kind: sd15``: Stable Diffusion 1.x/2.x from a diffusers folder or Hub id."""
+    from diffusers import UNet2DConditionModel
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    kw = _kw(cfg)
+    path = cfg.source()
+    return SD15Adapter(
+        UNet2DConditionModel.from_pretrained(path, subfolder="unet", **kw), noise_scheduler(cfg), _vae(cfg),
+        CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **kw),
+        AutoTokenizer.from_pretrained(path, subfolder="tokenizer"),
+    )
+
+
+load_sd15.default_path = SD15_DEFAULT  # type: ignore[attr-defined]
+
+
+def load_sdxl(cfg: "ModelConfig") -> SDXLAdapter:
+    """``model.kind: sdxl``: SDXL from a diffusers folder or Hub id."""
     from diffusers import UNet2DConditionModel
     from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
 
     kw = _kw(cfg)
-    unet = UNet2DConditionModel.from_pretrained(cfg.path, subfolder="unet", **kw)
-    sched = _noise_scheduler(cfg)
-    if cfg.kind == "sd15":
-        return SD15Adapter(
-            unet, sched, _vae(cfg),
-            CLIPTextModel.from_pretrained(cfg.path, subfolder="text_encoder", **kw),
-            AutoTokenizer.from_pretrained(cfg.path, subfolder="tokenizer"),
-        )
-    if cfg.kind == "sdxl":
-        return SDXLAdapter(
-            unet, sched, _vae(cfg),
-            CLIPTextModel.from_pretrained(cfg.path, subfolder="text_encoder", **kw),
-            CLIPTextModelWithProjection.from_pretrained(cfg.path, subfolder="text_encoder_2", **kw),
-            AutoTokenizer.from_pretrained(cfg.path, subfolder="tokenizer"),
-            AutoTokenizer.from_pretrained(cfg.path, subfolder="tokenizer_2"),
-            force_zeros_for_empty_prompt=_force_zeros(cfg.path),
-        )
-    if cfg.kind == "shapes":
-        if unet.config.in_channels != 3:
-            raise ValueError(f"ShapesWorld U-Net must be pixel-space (in_channels 3), got {unet.config.in_channels}")
-        return ShapesAdapter(
-            unet, sched,
-            CLIPTextModel.from_pretrained(cfg.path, subfolder="text_encoder"),
-            AutoTokenizer.from_pretrained(cfg.path, subfolder="tokenizer"),
-        )
-    raise ValueError(f"unknown model kind {cfg.kind!r}; expected 'sd15', 'sdxl' or 'shapes'")
+    path = cfg.source()
+    return SDXLAdapter(
+        UNet2DConditionModel.from_pretrained(path, subfolder="unet", **kw), noise_scheduler(cfg), _vae(cfg),
+        CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **kw),
+        CLIPTextModelWithProjection.from_pretrained(path, subfolder="text_encoder_2", **kw),
+        AutoTokenizer.from_pretrained(path, subfolder="tokenizer"),
+        AutoTokenizer.from_pretrained(path, subfolder="tokenizer_2"),
+        force_zeros_for_empty_prompt=_force_zeros(path),
+    )
+
+
+load_sdxl.default_path = SDXL_DEFAULT  # type: ignore[attr-defined]
+
+
+def load_adapter(cfg: "ModelConfig") -> ModelAdapter:
+    """Load the model named by ``cfg`` (a diffusers-format folder or hub id) into the adapter of its
+    kind (:mod:`instructengine.registry`, kind ``model``: sd15, sdxl, a bundle's, or 'module:factory').
+
+    Raises:
+        ValueError: unknown kind or unsupported prediction type (the message says what is allowed).
+    """
+    from instructengine import registry
+
+    adapter = registry.instantiate("model", cfg.kind, cfg, where="model.kind")
+    if not isinstance(adapter, ModelAdapter):
+        raise ValueError(f"model.kind {cfg.kind!r} built {type(adapter).__name__}, not a ModelAdapter")
+    return adapter
 
 
 def load_trained_unet(base_unet_dir: str | Path, path: str | Path) -> Any:
-    """A trained U-Net: a diffusers U-Net folder, a pipeline folder with ``unet/``, or LoRA weights
-    (a ``.safetensors`` file, or a folder with ``pytorch_lora_weights.safetensors``) fused into the
-    base U-Net of ``base_unet_dir``.
+    """A trained U-Net (folder or LoRA weights fused into the base U-Net of ``base_unet_dir``); see
+    :func:`instructengine.generation.unet.load_trained_unet`, the one loader."""
+    from instructengine.generation.unet import load_trained_unet as load
 
-    Raises:
-        FileNotFoundError: ``path`` is none of these.
-    """
-    from diffusers import UNet2DConditionModel
-
-    p = Path(path)
-    if (p / "unet" / "config.json").is_file():
-        p = p / "unet"
-    if (p / "config.json").is_file():
-        return UNet2DConditionModel.from_pretrained(p)
-    lora = p if p.suffix == ".safetensors" else p / "pytorch_lora_weights.safetensors"
-    if lora.is_file():
-        unet = UNet2DConditionModel.from_pretrained(base_unet_dir)
-        unet.load_lora_adapter(str(lora.parent), weight_name=lora.name, prefix="unet")
-        unet.fuse_lora()
-        unet.unload_lora()
-        return unet
-    raise FileNotFoundError(
-        f"{str(path)!r} is not a trained U-Net: expected a diffusers U-Net folder (config.json + weights), a "
-        "pipeline folder with unet/, or LoRA weights (pytorch_lora_weights.safetensors), e.g. "
-        "runs/demo/train/cv_dpo/final/unet"
-    )
+    return load(base_unet_dir, path)

@@ -102,7 +102,7 @@ def error_shifts(cfg: TrainConfig, unets: dict[str, str | Path], samples: int = 
     rows = []
     for name, path in unets.items():
         say(f"{name}: {path}")
-        policy = load_trained_unet(Path(cfg.model.path) / "unet", path).to(device).eval()
+        policy = load_trained_unet(Path(cfg.model.source()) / "unet", path).to(device).eval()
         D = (errors(policy) - ref).mean(axis=0)  # per sample, averaged over draws
         d11, d12, d22, d21 = D.T
         ref_matched = float(ref[..., [0, 2]].mean())

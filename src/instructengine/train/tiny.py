@@ -1,4 +1,4 @@
-"""Tiny, randomly initialised SD1.5-like, SDXL-like and ShapesWorld-like models built from configs,
+"""Tiny, randomly initialised SD1.5-like and SDXL-like models built from configs (bundles add theirs),
 and a small synthetic preference dataset -- for tests, the CPU demo and benchmarks.
 
 Same classes and code paths as the real models (diffusers ``UNet2DConditionModel`` /
@@ -18,6 +18,8 @@ __all__ = [
     "tiny_clip_model",
     "tiny_clip_tokenizer",
     "tiny_components",
+    "tiny_sd15_components",
+    "tiny_sdxl_components",
     "write_candidates",
     "write_samples",
 ]
@@ -71,75 +73,66 @@ def _vae() -> Any:
     )
 
 
-def tiny_components(kind: str, seed: int = 0, prediction_type: str = "epsilon") -> dict[str, Any]:
-    """Random tiny components of a 'sd15', 'sdxl' or 'shapes' model (images 16x16; shapes 16x16 pixels)."""
+def tiny_sd15_components(seed: int = 0, prediction_type: str = "epsilon") -> dict[str, Any]:
+    """Random tiny SD1.5-layout components (16x16 images, 8x8 latents)."""
     import torch
-    from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(seed)
+    tok = tiny_clip_tokenizer()
+    return {
+        "unet": UNet2DConditionModel(
+            sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=16,
+            attention_head_dim=4, norm_num_groups=4,
+        ),
+        "vae": _vae(), "text_encoder": CLIPTextModel(_text_config(tok, 16)), "tokenizer": tok,
+        "scheduler": DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                                   beta_end=0.012, clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+                                   prediction_type=prediction_type),
+    }
+
+
+def tiny_sdxl_components(seed: int = 0, prediction_type: str = "epsilon") -> dict[str, Any]:
+    """Random tiny SDXL-layout components (two text encoders, text_time conditioning)."""
+    import torch
+    from diffusers import DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
-    if kind == "sd15":
-        tok = tiny_clip_tokenizer()
-        return {
-            "unet": UNet2DConditionModel(
-                sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
-                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=16,
-                attention_head_dim=4, norm_num_groups=4,
-            ),
-            "vae": _vae(), "text_encoder": CLIPTextModel(_text_config(tok, 16)), "tokenizer": tok,
-            "scheduler": DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
-                                       beta_end=0.012, clip_sample=False, set_alpha_to_one=False, steps_offset=1,
-                                       prediction_type=prediction_type),
-        }
-    if kind == "sdxl":
-        tok, tok2 = tiny_clip_tokenizer(), tiny_clip_tokenizer()
-        return {
-            "unet": UNet2DConditionModel(
-                sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
-                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
-                attention_head_dim=4, norm_num_groups=4, use_linear_projection=True,
-                addition_embed_type="text_time", addition_time_embed_dim=4,
-                projection_class_embeddings_input_dim=6 * 4 + 16, transformer_layers_per_block=1,
-            ),
-            "vae": _vae(),
-            "text_encoder": CLIPTextModel(_text_config(tok, 16)),
-            "text_encoder_2": CLIPTextModelWithProjection(_text_config(tok2, 16, projection=16)),
-            "tokenizer": tok, "tokenizer_2": tok2,
-            "scheduler": DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
-                                       beta_end=0.012, clip_sample=False, set_alpha_to_one=False, steps_offset=1,
-                                       prediction_type=prediction_type),
-        }
-    if kind == "shapes":
-        from tokenizers import Tokenizer, models, pre_tokenizers
-        from transformers import PreTrainedTokenizerFast
+    tok, tok2 = tiny_clip_tokenizer(), tiny_clip_tokenizer()
+    return {
+        "unet": UNet2DConditionModel(
+            sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+            attention_head_dim=4, norm_num_groups=4, use_linear_projection=True,
+            addition_embed_type="text_time", addition_time_embed_dim=4,
+            projection_class_embeddings_input_dim=6 * 4 + 16, transformer_layers_per_block=1,
+        ),
+        "vae": _vae(),
+        "text_encoder": CLIPTextModel(_text_config(tok, 16)),
+        "text_encoder_2": CLIPTextModelWithProjection(_text_config(tok2, 16, projection=16)),
+        "tokenizer": tok, "tokenizer_2": tok2,
+        "scheduler": DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                                   beta_end=0.012, clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+                                   prediction_type=prediction_type),
+    }
 
-        words = ["[PAD]", "[UNK]", "a", "one", "two", *COLOURS, *SHAPES, *(s + "s" for s in SHAPES), ",", "and"]
-        core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
-        core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-        tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="[PAD]", unk_token="[UNK]", model_max_length=8)
-        from transformers import CLIPTextConfig
 
-        text_cfg = CLIPTextConfig(vocab_size=len(words), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                  num_attention_heads=2, max_position_embeddings=8, pad_token_id=0,
-                                  bos_token_id=0, eos_token_id=1)
-        return {
-            "unet": UNet2DConditionModel(
-                sample_size=16, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
-                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=16,
-                attention_head_dim=4, norm_num_groups=4,
-            ),
-            "text_encoder": CLIPTextModel(text_cfg), "tokenizer": tok,
-            "scheduler": DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
-                                       prediction_type=prediction_type, clip_sample=True),
-        }
-    raise ValueError(f"unknown tiny model kind {kind!r}; expected 'sd15', 'sdxl' or 'shapes'")
+def tiny_components(kind: str, seed: int = 0, prediction_type: str = "epsilon") -> dict[str, Any]:
+    """Random tiny components of a model kind: sd15, sdxl, or one a bundle registers (registry kind
+    ``tiny_model``, a factory ``(seed, prediction_type) -> components``)."""
+    from instructengine import registry
+
+    return registry.instantiate("tiny_model", kind, seed=seed, prediction_type=prediction_type, where="tiny model kind")
 
 
 def save_model(kind: str, components: dict[str, Any], path: str | Path) -> Path:
-    """Save components in diffusers layout: a full pipeline for sd15/sdxl, sub-folders for shapes."""
+    """Save components in diffusers layout: a full pipeline for sd15/sdxl, one sub-folder per component
+    (``save_pretrained``) for any other kind."""
     path = Path(path)
     if kind == "sd15":
         from diffusers import StableDiffusionPipeline
@@ -150,11 +143,9 @@ def save_model(kind: str, components: dict[str, Any], path: str | Path) -> Path:
         from diffusers import StableDiffusionXLPipeline
 
         StableDiffusionXLPipeline(**components).save_pretrained(path)
-    elif kind == "shapes":
+    else:
         for name, module in components.items():
             module.save_pretrained(path / name)
-    else:
-        raise ValueError(f"unknown kind {kind!r}")
     return path
 
 
@@ -203,7 +194,7 @@ def write_samples(root: str | Path, n: int = 8, size: int = 16, seed: int = 0) -
         for k, c in ((1, c1), (2, c2)):
             Image.fromarray(_scene(c, shape, size, rng)).save(root / "images" / f"{i}_{k}.png")
         rows.append({
-            "sample_id": f"s{i}", "theme": "shapes", "subtopic": "colour", "entity": shape, "dimension": "content",
+            "sample_id": f"s{i}", "theme": "toy", "subtopic": "colour", "entity": shape, "dimension": "content",
             "instruction_1": f"a {c1} {shape}", "instruction_2": f"a {c2} {shape}",
             "image_1": f"images/{i}_1.png", "image_2": f"images/{i}_2.png",
             "seed_1": 2 * i, "seed_2": 2 * i + 1, "score_1": 0.9, "score_2": 0.8,

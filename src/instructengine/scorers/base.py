@@ -15,13 +15,12 @@ Heavy imports (torch, transformers) happen inside factories. The :class:`ScorerC
 device, the dtype and a cache, so a model used by two scorers (CLIP ViT-L/14 for the CLIP score and
 the aesthetic predictor) is loaded once per run, and its image features are computed once per batch.
 
-Register a factory with :func:`register_scorer` (``"shapes_oracle"`` from ``instructengine.shapes``),
-or name it in a config by import path ``"package.module:factory"``.
+Factories live in the one component registry (:mod:`instructengine.registry`, kind ``scorer``):
+the built-in ones, those a bundle registers, or any import path ``"package.module:factory"``.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
@@ -79,41 +78,18 @@ class ScorerContext:
 
 ScorerFactory = Callable[[dict[str, Any], ScorerContext], Scorer]
 
-#: built-in scorers, imported on first use (keeps ``import instructengine.evaluate`` light)
-_BUILTIN: dict[str, str] = {
-    "pickscore": "instructengine.evaluate.scorers.clip_scorers:make_pickscore",
-    "clip": "instructengine.evaluate.scorers.clip_scorers:make_clip_score",
-    "aesthetic": "instructengine.evaluate.scorers.clip_scorers:make_aesthetic",
-    "hpsv2": "instructengine.evaluate.scorers.clip_scorers:make_hpsv2",
-    "ict": "instructengine.evaluate.scorers.clip_scorers:make_ict",
-    "hp": "instructengine.evaluate.scorers.clip_scorers:make_hp",
-    "imagereward": "instructengine.evaluate.scorers.blip_scorers:make_imagereward",
-    "blip": "instructengine.evaluate.scorers.blip_scorers:make_blip_score",
-    "vqa": "instructengine.evaluate.vqa:make_vqa_scorer",
-    "shapes_oracle": "instructengine.shapes.harness:make_oracle",
-    "shapes_clip": "instructengine.shapes.harness:make_clip",
-    "shapes_aesthetic": "instructengine.shapes.harness:make_aesthetic",
-}
-_REGISTRY: dict[str, ScorerFactory | str] = dict(_BUILTIN)
-
-
 def register_scorer(name: str, factory: ScorerFactory | str) -> None:
-    """Make ``name`` usable in configs; ``factory`` is a callable or an ``"module:attr"`` path."""
-    _REGISTRY[name] = factory
+    """Make ``name`` usable in configs; ``factory`` is a callable or an ``"module:attr"`` path
+    (:func:`instructengine.registry.register` with kind ``scorer``)."""
+    from instructengine import registry
+
+    registry.register("scorer", name, factory)
 
 
 def available_scorers() -> list[str]:
-    return sorted(_REGISTRY)
+    from instructengine import registry
 
-
-def _import_path(path: str) -> Any:
-    mod, _, attr = path.partition(":")
-    if not mod or not attr:
-        raise ValueError(f"{path!r} is not an import path of the form 'package.module:attribute'")
-    try:
-        return getattr(importlib.import_module(mod), attr)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"cannot import {path!r}: {err}") from err
+    return registry.available("scorer")
 
 
 def build_scorer(name: str, options: dict[str, Any] | None, context: ScorerContext) -> Scorer:
@@ -123,14 +99,9 @@ def build_scorer(name: str, options: dict[str, Any] | None, context: ScorerConte
         ValueError: unknown name (the message lists the known ones), or a factory that does not
             return a scorer.
     """
-    factory = _REGISTRY.get(name)
-    if factory is None:
-        if ":" not in name:
-            raise ValueError(f"unknown scorer {name!r}; known: {available_scorers()} (or use 'package.module:factory')")
-        factory = name
-    if isinstance(factory, str):
-        factory = _import_path(factory)
-    scorer = factory(dict(options or {}), context)
+    from instructengine import registry
+
+    scorer = registry.instantiate("scorer", name, dict(options or {}), context, where="scorer")
     if not isinstance(scorer, Scorer):
         raise ValueError(f"scorer factory for {name!r} returned {type(scorer).__name__}, which lacks name/score")
     return scorer

@@ -1,6 +1,9 @@
 """The ablation runner: train every arm with every seed, evaluate, and write a table with 95% CIs.
 
-Protocol (``configs/ablation_shapes.yaml`` is the paper's Table 2 in miniature on ShapesWorld):
+Works on any bundle: the arms train with the shared ``train`` config (any model kind) and every
+model is evaluated through the evaluation harness with the ``evaluation`` section's generator and
+scorers (``configs/ablation_shapes.yaml`` is the paper's Table 2 in miniature on ShapesWorld,
+``configs/ablation_sd15.yaml`` the same protocol on SD1.5). Protocol:
 
 1. **Selection** (optional, ``selection``): for every trained arm, each hyper-parameter candidate
    of ``selection.grid`` is trained with ``selection.train_seed`` and evaluated on a *validation*
@@ -9,12 +12,13 @@ Protocol (``configs/ablation_shapes.yaml`` is the paper's Table 2 in miniature o
    point with the best ``selection.metric`` are kept. The test benchmark is never used to choose.
 2. **Final runs**: each arm with its chosen settings, once per seed of ``seeds``; the base arm
    (``method: null``) is evaluated as is.
-3. **Evaluation**: ``evaluator`` ('module:function') is called as
-   ``evaluator(model_dir=..., name=..., run_dir=..., prompts=..., seeds=..., **evaluator_kwargs)``
-   and returns one row per generated image with ``prompt_index``, ``seed`` (image seed, the same
-   for every arm: paired) and metric columns (1/0, NaN = not applicable). The default evaluates a
-   ShapesWorld pipeline folder with the ShapesWorld oracle through the evaluation harness
-   (:func:`instructengine.shapes.harness.ablation_evaluator`).
+3. **Evaluation**: by default the harness samples each model (the base weights, with the arm's
+   trained U-Net or LoRA swapped in) with ``evaluation.generator`` on the prompts (a registered
+   benchmark or a prompt file; validation: a registered validation set too) and scores every image
+   with ``evaluation.scorers``: one row per image with ``prompt_index``, ``seed`` (image seed, the
+   same for every arm: paired) and metric columns (NaN = not applicable). A custom ``evaluator``
+   ('module:function') is called instead as ``evaluator(model_dir=..., name=..., run_dir=...,
+   prompts=..., seeds=..., **evaluator_kwargs)`` with a pipeline folder exported for the model.
 4. **Table**: per arm the mean of each metric over seeds and images, a 95% interval from a
    two-level bootstrap (training seeds, then prompts; prompts paired across arms), and the
    difference from the base arm with its own paired interval. Written to
@@ -31,14 +35,16 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import numpy as np
 import pandas as pd
 from pydantic import Field, model_validator
 
 from instructengine.config import Config, apply_overrides, validate_config
+from instructengine.generation import GeneratorConfig
 from instructengine.runs import atomic_write_json, atomic_write_parquet, atomic_write_text
+from instructengine.scorers.spec import ScorerSpec
 
 __all__ = [
     "AblationConfig",
@@ -65,13 +71,27 @@ class Arm(Config):
     overrides: list[str] = Field(default_factory=list, description="dotted overrides of the shared `train` config for this arm")
 
 
+class Evaluation(Config):
+    """How every arm's model is evaluated through the harness (same prompts and seeds for all)."""
+
+    generator: GeneratorConfig = Field(
+        default_factory=GeneratorConfig,
+        description="sampling settings; `model` defaults to the training's base weights and `unet` is set to each "
+        "arm's trained U-Net (or LoRA)",
+    )
+    scorers: list[ScorerSpec] = Field(default_factory=list, min_length=1, description="scorers of every image")
+    batch_size: int = Field(8, ge=1, description="images per generation batch")
+    score_batch_size: int = Field(32, ge=1, description="images per scoring batch")
+    device: str = Field("cpu", description="torch device of generation and scoring")
+    scorer_dtype: Literal["float32", "float16", "bfloat16"] = Field("float32", description="dtype of the scorer models")
+
+
 class Selection(Config):
     """Choice of hyper-parameters and stopping on a validation prompt set (never the test set)."""
 
     prompts: str = Field(
-        "shapesbench-val",
-        description="validation prompts: 'shapesbench-val' (ShapesBench's generator with another seed, test prompts "
-        "removed) or a CSV with prompt[,category]",
+        description="validation prompts: a registered validation set (e.g. a bundle's held-out generator), a "
+        "registered benchmark, or a prompt file (CSV with prompt[,category], ...)",
     )
     seeds: list[int] = Field(default_factory=lambda: [100, 101], min_length=1, description="image seeds per prompt")
     steps: list[int] = Field(default_factory=lambda: [100, 200, 400], min_length=1,
@@ -80,25 +100,27 @@ class Selection(Config):
         default_factory=lambda: [[]], min_length=1,
         description="hyper-parameter candidates, each a list of dotted overrides applied to every trained arm",
     )
-    metric: str = Field("exact", description="validation metric to maximise")
+    metric: str = Field(description="validation metric to maximise (a metric column of the evaluation)")
     train_seed: int = Field(0, description="training seed of the selection runs")
 
 
 class AblationConfig(Config):
     """An ablation: shared training config, arms, seeds, selection, evaluator."""
 
-    name: str = Field("shapes_table2", description="ablation name (folder <run_dir>/ablation/<name>)")
-    run_dir: str = Field("runs/ablation_shapes", description="run folder")
+    name: str = Field(description="ablation name (folder <run_dir>/ablation/<name>)")
+    run_dir: str = Field("runs/ablation", description="run folder")
     train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig fields shared by every arm")
     arms: list[Arm] = Field(..., min_length=1, description="the rows of the table")
     base_arm: str = Field("base", description="arm the differences are taken against")
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1, description="training seeds of the final runs")
     selection: Selection | None = Field(None, description="hyper-parameter/stopping selection; null: use the config as is")
-    evaluator: str = Field("instructengine.shapes.harness:ablation_evaluator", description="'module:function' (see module doc)")
-    evaluator_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments of the evaluator")
-    test_prompts: str = Field("shapesbench", description="test prompt set passed to the evaluator")
+    evaluation: Evaluation | None = Field(None, description="the harness evaluation of every model (see module doc)")
+    evaluator: str | None = Field(None, description="instead of `evaluation`: a custom evaluator 'module:function' (see module doc)")
+    evaluator_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments of a custom evaluator")
+    test_prompts: str = Field(description="test prompts: a registered benchmark or a prompt file")
     test_seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1, description="image seeds per test prompt")
     metrics: list[str] | None = Field(None, description="metric columns in the table (None: every metric column)")
+    main_metric: str | None = Field(None, description="the table's main column (None: the first metric column)")
     bootstrap: int = Field(2000, ge=100, description="bootstrap resamples of the intervals")
 
     @model_validator(mode="after")
@@ -108,6 +130,9 @@ class AblationConfig(Config):
             raise ValueError(f"arm names must be unique, got {names}")
         if self.base_arm not in names:
             raise ValueError(f"base_arm {self.base_arm!r} is not one of the arms {names}")
+        if (self.evaluation is None) == (self.evaluator is None):
+            raise ValueError("give exactly one of `evaluation` (the harness: generator + scorers) and `evaluator` "
+                             "('module:function')")
         for arm in self.arms:
             if arm.method is not None:
                 arm_train_config(self, arm, self.seeds[0])  # raises naming the arm
@@ -165,28 +190,43 @@ def export_pipeline(base_dir: str | Path, final_path: Path, lora: bool, out_dir:
 # ----------------------------------------------------------------------------------------------
 
 
-def validation_prompts(out: Path, seed: int = 7) -> Path:
-    """ShapesBench's generator with another seed, minus the test prompts: a validation CSV."""
-    from instructengine.shapes.bench import generate_shapesbench, load_shapesbench
-
-    test = set(load_shapesbench().prompt)
-    df = generate_shapesbench(seed)
-    df = df[~df.prompt.isin(test)].reset_index(drop=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, df.to_csv(index=False))
-    return out
-
-
 def _load_callable(spec: str) -> Callable[..., pd.DataFrame]:
-    import importlib
+    from instructengine.registry import load_object
 
-    if ":" not in spec:
-        raise ValueError(f"evaluator {spec!r} must be 'package.module:function'")
-    module, fn = spec.split(":", 1)
-    try:
-        return getattr(importlib.import_module(module), fn)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"evaluator {spec!r} cannot be imported: {err}") from None
+    return load_object(spec, "evaluator")
+
+
+def _benchmark(prompts: str) -> dict[str, Any]:
+    """The harness's benchmark section for a registered benchmark name or a prompt file."""
+    from instructengine import registry
+
+    if prompts in registry.available("benchmark"):
+        return {"name": prompts}
+    path = Path(prompts)
+    if not path.exists():
+        raise ValueError(f"prompts {prompts!r} are neither a registered benchmark {registry.available('benchmark')} "
+                         "nor an existing prompt file")
+    return {"name": path.stem, "path": str(path)}
+
+
+def harness_evaluator(cfg: AblationConfig, tcfg: Any, unet: Path | None, name: str, run_dir: Path, prompts: str,
+                      seeds: list[int]) -> pd.DataFrame:
+    """The default evaluator: the arm's model (base weights + trained U-Net) through the harness."""
+    from instructengine.evaluate.config import EvalConfig
+    from instructengine.evaluate.runner import evaluate
+
+    ev = cfg.evaluation
+    assert ev is not None
+    model = {**ev.generator.model_dump(mode="json"), "name": name, "unet": str(unet) if unet else None}
+    model["model"] = model.get("model") or tcfg.model.source()
+    ecfg = validate_config(EvalConfig, {
+        "run_dir": str(run_dir), "benchmark": _benchmark(prompts), "seeds": list(seeds),
+        "batch_size": ev.batch_size, "score_batch_size": ev.score_batch_size, "device": ev.device,
+        "scorer_dtype": ev.scorer_dtype, "scorers": [s.model_dump(mode="json") for s in ev.scorers],
+        "models": [model], "report": {"after_eval": False},
+    }, f"ablation {cfg.name!r} evaluation of {name!r}")
+    folders = evaluate(ecfg, log=lambda s: None)
+    return pd.read_parquet(Path(folders[name]) / "scores.parquet")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -271,7 +311,7 @@ def _fmt(entry: dict[str, Any] | None, key: str = "mean", ci: str | None = "ci95
     return text
 
 
-def format_table(summary: dict[str, dict[str, Any]], arms: list[Arm], base_arm: str, main_metric: str = "exact") -> str:
+def format_table(summary: dict[str, dict[str, Any]], arms: list[Arm], base_arm: str, main_metric: str) -> str:
     metrics = [m for m in next(iter(summary.values())) if m != main_metric]
     head = ["arm", "method", f"{main_metric} (95% CI)", f"diff vs {base_arm} (95% CI)", *metrics]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -289,48 +329,54 @@ def format_table(summary: dict[str, dict[str, Any]], arms: list[Arm], base_arm: 
 # ----------------------------------------------------------------------------------------------
 
 
-def _evaluate(cfg: AblationConfig, evaluator: Callable[..., pd.DataFrame], model_dir: Path, name: str,
-              prompts: str, seeds: list[int], root: Path) -> pd.DataFrame:
+def _evaluate(cfg: AblationConfig, tcfg: Any, trained: Any, name: str, prompts: str, seeds: list[int],
+              root: Path) -> pd.DataFrame:
+    """Scores of one model (``trained``: a TrainResult, or None for the base weights), cached on disk."""
     cache = root / "scores" / f"{name}.parquet"
     if cache.is_file():
         return pd.read_parquet(cache)
-    df = evaluator(model_dir=model_dir, name=name, run_dir=root, prompts=prompts, seeds=seeds, **cfg.evaluator_kwargs)
+    if cfg.evaluator is None:
+        df = harness_evaluator(cfg, tcfg, trained.final_path if trained else None, name, root, prompts, seeds)
+    else:
+        base = Path(tcfg.model.source())
+        model_dir = base if trained is None else export_pipeline(
+            base, trained.final_path, tcfg.lora.enabled, root / "exports" / f"{tcfg.output_name}-step{trained.steps}")
+        df = _load_callable(cfg.evaluator)(model_dir=model_dir, name=name, run_dir=root, prompts=prompts, seeds=seeds,
+                                           **cfg.evaluator_kwargs)
     missing = [c for c in KEY_COLUMNS if c not in df.columns]
     if missing:
-        raise ValueError(f"evaluator {cfg.evaluator!r} returned no {missing} column(s); see instructengine.train.ablation")
+        raise ValueError(f"evaluator of {name!r} returned no {missing} column(s); see instructengine.experiments.ablation")
     atomic_write_parquet(cache, df)
     log.info("evaluated %s on %s: %d images", name, Path(prompts).name, len(df))
     return df
 
 
-def _trained_model(cfg: AblationConfig, tcfg: Any, root: Path) -> tuple[Path, float]:
-    from instructengine.train.trainer import run_training
-
-    t0 = time.perf_counter()
-    result = run_training(tcfg)
-    seconds = time.perf_counter() - t0
-    export = root / "exports" / f"{tcfg.output_name}-step{result.steps}"
-    return export_pipeline(tcfg.model.path, result.final_path, tcfg.lora.enabled, export), seconds
-
-
-def _train_and_evaluate(cfg: AblationConfig, evaluator: Callable[..., pd.DataFrame], tcfg: Any, root: Path,
-                        eval_name: str, prompts: str, seeds: list[int]) -> tuple[pd.DataFrame, float]:
+def _train_and_evaluate(cfg: AblationConfig, tcfg: Any, root: Path, eval_name: str, prompts: str,
+                        seeds: list[int]) -> tuple[pd.DataFrame, float]:
     """Scores of a trained model; skips training when its scores are already on disk (a selection run
     extended past this stopping point cannot be stopped earlier again)."""
+    from instructengine.train.trainer import run_training
+
     cache = root / "scores" / f"{eval_name}.parquet"
     if cache.is_file():
         return pd.read_parquet(cache), 0.0
     log.info("training %s (%s, max_steps %s)", tcfg.output_name, tcfg.method, tcfg.max_steps)
-    model_dir, seconds = _trained_model(cfg, tcfg, root)
+    t0 = time.perf_counter()
+    result = run_training(tcfg)
+    seconds = time.perf_counter() - t0
     log.info("trained %s in %.0f s", tcfg.output_name, seconds)
-    return _evaluate(cfg, evaluator, model_dir, eval_name, prompts, seeds, root), seconds
+    return _evaluate(cfg, tcfg, result, eval_name, prompts, seeds, root), seconds
 
 
 def _selection_prompts(cfg: AblationConfig, root: Path) -> str:
+    """A registered validation set written to ``root`` as a CSV, or the benchmark / file named."""
+    from instructengine import registry
+
     assert cfg.selection is not None
-    if cfg.selection.prompts == "shapesbench-val":
-        return str(validation_prompts(root / "validation_prompts.csv"))
-    return cfg.selection.prompts
+    name = cfg.selection.prompts
+    if name in registry.available("validation_prompts"):
+        return str(registry.instantiate("validation_prompts", name, root / f"validation_prompts-{name}.csv"))
+    return name
 
 
 def _binary(values: pd.Series) -> bool:
@@ -348,8 +394,7 @@ def format_selection(rows: list[dict[str, Any]], chosen: dict[str, list[str]], m
     return "\n".join(lines) + "\n"
 
 
-def _select(cfg: AblationConfig, arm: Arm, evaluator: Callable[..., pd.DataFrame], root: Path,
-            log_rows: list[dict[str, Any]]) -> list[str]:
+def _select(cfg: AblationConfig, arm: Arm, root: Path, log_rows: list[dict[str, Any]]) -> list[str]:
     sel = cfg.selection
     assert sel is not None
     prompts = _selection_prompts(cfg, root)
@@ -358,8 +403,8 @@ def _select(cfg: AblationConfig, arm: Arm, evaluator: Callable[..., pd.DataFrame
         for steps in sorted(sel.steps):
             extra = [*grid, f"max_steps={steps}"]
             tcfg = arm_train_config(cfg, arm, sel.train_seed, extra, tag=f"-sel{g}")
-            scores, seconds = _train_and_evaluate(cfg, evaluator, tcfg, root, f"val-{tcfg.output_name}-step{steps}",
-                                                  prompts, sel.seeds)
+            scores, seconds = _train_and_evaluate(cfg, tcfg, root, f"val-{tcfg.output_name}-step{steps}", prompts,
+                                                  sel.seeds)
             value = float(scores[sel.metric].mean())
             log_rows.append({"arm": arm.name, "grid": g, "overrides": grid, "steps": steps, sel.metric: value,
                              "binary": _binary(scores[sel.metric]), "train_s": round(seconds, 1)})
@@ -378,34 +423,35 @@ def run_ablation(cfg: AblationConfig) -> Path:
     from instructengine.config import save_resolved
 
     save_resolved(cfg, root / "config.yaml")
-    evaluator = _load_callable(cfg.evaluator)
     scores: dict[str, list[pd.DataFrame]] = {}
     timings: dict[str, float] = {}
     selection_log: list[dict[str, Any]] = []
     chosen: dict[str, list[str]] = {}
     for arm in cfg.arms:
         if arm.method is None:
-            base_dir = Path(apply_overrides(cfg.train, arm.overrides).get("model", {}).get("path", ""))
-            scores[arm.name] = [_evaluate(cfg, evaluator, base_dir, arm.name, cfg.test_prompts, cfg.test_seeds, root)]
+            from instructengine.train.config import TrainConfig
+
+            base = validate_config(TrainConfig, apply_overrides(cfg.train, arm.overrides), f"arm {arm.name!r}")
+            scores[arm.name] = [_evaluate(cfg, base, None, arm.name, cfg.test_prompts, cfg.test_seeds, root)]
             if cfg.selection:  # the reference point of the selection: the base model on the validation prompts
-                val = _evaluate(cfg, evaluator, base_dir, f"val-{arm.name}", _selection_prompts(cfg, root),
+                val = _evaluate(cfg, base, None, f"val-{arm.name}", _selection_prompts(cfg, root),
                                 cfg.selection.seeds, root)
                 metric = cfg.selection.metric
                 selection_log.append({"arm": arm.name, "grid": None, "overrides": [], "steps": 0,
                                       metric: float(val[metric].mean()), "binary": _binary(val[metric]), "train_s": 0.0})
             continue
-        extra = _select(cfg, arm, evaluator, root, selection_log) if cfg.selection else []
+        extra = _select(cfg, arm, root, selection_log) if cfg.selection else []
         chosen[arm.name] = extra
         scores[arm.name] = []
         for seed in cfg.seeds:
             tcfg = arm_train_config(cfg, arm, seed, extra)
-            df, seconds = _train_and_evaluate(cfg, evaluator, tcfg, root, f"{arm.name}-seed{seed}", cfg.test_prompts,
+            df, seconds = _train_and_evaluate(cfg, tcfg, root, f"{arm.name}-seed{seed}", cfg.test_prompts,
                                               cfg.test_seeds)
             timings[f"{arm.name}-seed{seed}"] = round(seconds, 1)
             scores[arm.name].append(df)
     summary = summarize_arms(scores, cfg.base_arm, cfg.metrics, cfg.bootstrap)
     wall = time.perf_counter() - t_start
-    main_metric = "exact" if all("exact" in s for s in summary.values()) else next(iter(next(iter(summary.values()))))
+    main_metric = cfg.main_metric or next(iter(next(iter(summary.values()))))
     table = format_table(summary, cfg.arms, cfg.base_arm, main_metric)
     note = (f"\n{len(cfg.seeds)} training seeds per trained arm; test prompts {cfg.test_prompts!r} x image seeds "
             f"{cfg.test_seeds}; 95% intervals: two-level bootstrap (seeds, prompts; paired with {cfg.base_arm!r}), "

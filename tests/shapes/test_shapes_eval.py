@@ -1,4 +1,4 @@
-"""ShapesWorld's generator kind and scorers in the evaluation harness (instructengine.shapes.harness)."""
+"""ShapesWorld's generator and scorers in the evaluation harness, through the registry (the bundle plugs in)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import pytest
 from PIL import Image
 
 from instructengine.config import ConfigError, load_config, validate_config
-from instructengine.evaluate.config import EvalConfig
-from instructengine.evaluate.generation import ModelSpec, build_generator
-from instructengine.evaluate.scorers import ScorerContext, build_scorer
-from instructengine.shapes.harness import aesthetic_score
+from instructengine.evaluate.config import EvalConfig, ModelSpec
+from instructengine.generation import build_generator
+from instructengine.scorers import ScorerContext, build_scorer
+from instructengine.shapes.scorers import aesthetic_score
 from instructengine.shapes.render import render, render_caption
 from instructengine.shapes.scene import parse_caption
 
@@ -58,11 +58,11 @@ def test_clip_scorer_ranks_the_matching_caption_higher():
 
 def test_unknown_options_are_named():
     with pytest.raises(ValueError, match="unknown option.*'steps'"):
-        build_generator(ModelSpec(name="m", kind="shapes", options={"steps": 3}))
+        build_generator(ModelSpec(name="m", kind="shapes_model", options={"steps": 3}))
     with pytest.raises(ValueError, match="shapes_oracle takes no options"):
         build_scorer("shapes_oracle", {"x": 1}, ScorerContext())
-    with pytest.raises(FileNotFoundError, match="not a diffusers U-Net folder"):
-        build_generator(ModelSpec(name="m", kind="shapes", options={"unet": "/nonexistent"}))
+    with pytest.raises(FileNotFoundError, match="not a trained U-Net"):
+        build_generator(ModelSpec(name="m", kind="shapes_model", unet="/nonexistent"))
 
 
 def test_generator_is_seeded_and_perturbation_changes_images(tmp_path):
@@ -70,39 +70,42 @@ def test_generator_is_seeded_and_perturbation_changes_images(tmp_path):
 
     torch.set_num_threads(1)
     opts = {"num_inference_steps": 2, "guidance_scale": 3.0}
-    base = build_generator(ModelSpec(name="a", kind="shapes", options=opts))
-    a = [np.asarray(im) for im in base.generate(CAPTIONS, [0, 1])]
-    b = [np.asarray(im) for im in base.generate(CAPTIONS[:1], [0])]
+    base = build_generator(ModelSpec(name="a", kind="shapes_model", **opts))
+    a = base.generate(CAPTIONS, [0, 1]).images
+    b = base.generate(CAPTIONS[:1], [0]).images
     # the image depends on its (prompt, seed) only, up to float rounding that varies with the batch size
     assert a[0].shape == (32, 32, 3) and np.abs(a[0].astype(int) - b[0]).max() <= 2
-    assert base.describe()["kind"] == "shapes" and base.describe()["num_inference_steps"] == 2
-    pert = build_generator(ModelSpec(name="b", kind="shapes", options={**opts, "perturb": 0.2}))
-    c = [np.asarray(im) for im in pert.generate(CAPTIONS, [0, 1])]
+    assert base.describe()["kind"] == "shapes_model" and base.describe()["sampler"] == "dpmpp"
+    pert = build_generator(ModelSpec(name="b", kind="shapes_model", options={"perturb": 0.2}, **opts))
+    c = pert.generate(CAPTIONS, [0, 1]).images
     assert np.abs(a[0].astype(int) - c[0]).mean() > 5
     # a U-Net folder swapped in: the perturbed U-Net saved and loaded gives its images back
-    pert._gen.pipe.unet.save_pretrained(tmp_path / "unet")
-    loaded = build_generator(ModelSpec(name="c", kind="shapes", options={**opts, "unet": str(tmp_path / "unet")}))
-    d = [np.asarray(im) for im in loaded.generate(CAPTIONS, [0, 1])]
+    pert.pipe.unet.save_pretrained(tmp_path / "unet")
+    loaded = build_generator(ModelSpec(name="c", kind="shapes_model", unet=str(tmp_path / "unet"), **opts))
+    d = loaded.generate(CAPTIONS, [0, 1]).images
     assert np.array_equal(c[0], d[0]) and np.array_equal(c[1], d[1])
 
 
 def test_shipped_eval_config_validates():
     cfg = load_config(EvalConfig, "configs/eval_shapes.yaml", [])
-    assert [m.kind for m in cfg.models] == ["shapes", "shapes"]
+    assert [m.kind for m in cfg.models] == ["shapes_model", "shapes_model"]
     with pytest.raises(ConfigError):
         validate_config(EvalConfig, {"models": []})
 
 
-def test_ablation_evaluator_through_the_harness(tmp_path):
-    from instructengine.shapes.harness import ablation_evaluator
-    from instructengine.shapes.pipeline import DEFAULT_MODEL_DIR
+def test_ablation_harness_evaluator_on_shapes(tmp_path):
+    from instructengine.experiments.ablation import AblationConfig, harness_evaluator
+    from instructengine.train.config import TrainConfig
 
     csv = tmp_path / "val.csv"
     csv.write_text("prompt,category\ntwo small red circles,counting\na large blue square,colours\n")
-    df = ablation_evaluator(DEFAULT_MODEL_DIR, "base-val", tmp_path / "run", str(csv), [3, 4],
-                            num_inference_steps=2, threads=1)
+    cfg = validate_config(AblationConfig, {
+        "name": "t", "run_dir": str(tmp_path), "train": {"model": {"kind": "shapes"}}, "arms": [{"name": "base", "method": None}],
+        "evaluation": {"generator": {"kind": "shapes_model", "num_inference_steps": 2, "torch_threads": 1},
+                       "scorers": ["shapes_oracle"]}, "test_prompts": str(csv)})
+    tcfg = validate_config(TrainConfig, {"model": {"kind": "shapes"}})
+    df = harness_evaluator(cfg, tcfg, None, "base-val", tmp_path / "run", str(csv), [3, 4])
     assert sorted(zip(df.prompt_index, df.seed)) == [(0, 3), (0, 4), (1, 3), (1, 4)]
     assert {"exact", "count", "colour"} <= set(df.columns) and df["exact"].isin([0.0, 1.0]).all()
-    again = ablation_evaluator(DEFAULT_MODEL_DIR, "base-val", tmp_path / "run", str(csv), [3, 4],
-                               num_inference_steps=2, threads=1)  # reused from disk
+    again = harness_evaluator(cfg, tcfg, None, "base-val", tmp_path / "run", str(csv), [3, 4])  # reused from disk
     assert again.equals(df)

@@ -1,11 +1,12 @@
 """Scorers with one interface, ``score(images, prompts) -> np.ndarray`` (see :mod:`.base`).
 
 Built-in names: pickscore, imagereward, hpsv2, clip, blip, aesthetic (the paper's six), ict, hp,
-and vqa; ShapesWorld's shapes_oracle, shapes_clip and shapes_aesthetic. Importing this package imports
-no model code; each factory imports what it needs.
+and vqa (:mod:`instructengine.evaluate.vqa`); bundles register theirs (:mod:`instructengine.registry`).
+The same scorers serve the data pipeline (best-of-N, baselines) and the evaluation harness.
+Importing this package imports no model code; each factory imports what it needs.
 """
 
-from instructengine.evaluate.scorers.base import (
+from instructengine.scorers.base import (
     Scorer,
     ScorerContext,
     ScorerFactory,

@@ -17,8 +17,8 @@ import numpy as np
 from pydantic import Field
 
 from instructengine.config import Config, validate_config
-from instructengine.evaluate.preprocess import ImageTransform
-from instructengine.evaluate.scorers.base import ScorerContext, check_batch
+from instructengine.scorers.preprocess import ImageTransform
+from instructengine.scorers.base import ScorerContext, check_batch
 
 IMAGEREWARD_MEAN = 0.16717362830052426
 IMAGEREWARD_STD = 1.0333394966054072
@@ -30,7 +30,7 @@ BLIP_LARGE_URL = "https://storage.googleapis.com/sfr-vision-language-research/BL
 def _load_json(source: str) -> dict[str, Any]:
     import json
 
-    from instructengine.evaluate.weights import resolve_file
+    from instructengine.scorers.weights import resolve_file
 
     return json.loads(resolve_file(source, "med_config").read_text())
 
@@ -110,8 +110,8 @@ def make_blip_score(options: dict[str, Any], ctx: ScorerContext) -> BlipContrast
     o = validate_config(BlipScoreOptions, options, "scorer blip")
 
     def load():
-        from instructengine.evaluate.convert_blip import load_blip_parts
-        from instructengine.evaluate.weights import load_state_dict, resolve_file
+        from instructengine.scorers.convert_blip import load_blip_parts
+        from instructengine.scorers.weights import load_state_dict, resolve_file
 
         sd = load_state_dict(resolve_file(o.checkpoint, "BLIP checkpoint"), "BLIP checkpoint", o.trust_pickle)
         return load_blip_parts(sd, _load_json(o.med_config), prefix="").to(ctx.device, ctx.torch_dtype).eval()
@@ -132,9 +132,9 @@ def make_imagereward(options: dict[str, Any], ctx: ScorerContext) -> ImageReward
     o = validate_config(ImageRewardOptions, options, "scorer imagereward")
 
     def load():
-        from instructengine.evaluate.convert_blip import load_blip_parts
-        from instructengine.evaluate.heads import RewardMLP
-        from instructengine.evaluate.weights import load_state_dict, resolve_file
+        from instructengine.scorers.convert_blip import load_blip_parts
+        from instructengine.scorers.heads import RewardMLP
+        from instructengine.scorers.weights import load_state_dict, resolve_file
 
         sd = load_state_dict(resolve_file(o.checkpoint, "ImageReward checkpoint"), "ImageReward checkpoint", o.trust_pickle)
         parts = load_blip_parts(sd, _load_json(o.med_config), prefix="blip.", with_projections=False)

@@ -26,8 +26,8 @@ import numpy as np
 from pydantic import Field
 
 from instructengine.config import Config, validate_config
-from instructengine.evaluate.preprocess import ImageTransform
-from instructengine.evaluate.scorers.base import ScorerContext, check_batch
+from instructengine.scorers.preprocess import ImageTransform
+from instructengine.scorers.base import ScorerContext, check_batch
 
 LAION_VIT_H = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 OPENAI_VIT_L = "openai/clip-vit-large-patch14"
@@ -121,7 +121,7 @@ def _load_hf_clip_with_weights(ctx: ScorerContext, base: str, weights: str, trus
     def load():
         from transformers import CLIPModel
 
-        from instructengine.evaluate.weights import load_state_dict, resolve_file
+        from instructengine.scorers.weights import load_state_dict, resolve_file
 
         model = CLIPModel.from_pretrained(base, dtype=ctx.torch_dtype)
         sd = load_state_dict(resolve_file(weights, "CLIP weights"), "CLIP weights", trust_pickle)
@@ -197,8 +197,8 @@ class ImageHeadScorer:
 
 def _load_head(ctx: ScorerContext, source: str, trust_pickle: bool):
     def load():
-        from instructengine.evaluate.heads import RewardMLP
-        from instructengine.evaluate.weights import load_state_dict, resolve_file
+        from instructengine.scorers.heads import RewardMLP
+        from instructengine.scorers.weights import load_state_dict, resolve_file
 
         sd = load_state_dict(resolve_file(source, "MLP head"), "MLP head", trust_pickle)
         return RewardMLP.from_state_dict(sd, f"MLP head {source!r}").to(ctx.device)
@@ -264,8 +264,8 @@ def make_hpsv2(options: dict[str, Any], ctx: ScorerContext) -> CosineScorer:
     o = validate_config(HPSv2Options, options, "scorer hpsv2")
 
     def load():
-        from instructengine.evaluate.convert_openclip import load_open_clip_as_clip
-        from instructengine.evaluate.weights import load_state_dict, resolve_file
+        from instructengine.scorers.convert_openclip import load_open_clip_as_clip
+        from instructengine.scorers.weights import load_state_dict, resolve_file
 
         sd = load_state_dict(resolve_file(o.checkpoint, "HPSv2 checkpoint"), "HPSv2 checkpoint", o.trust_pickle)
         model = load_open_clip_as_clip(sd, arch=o.arch, vision_heads=o.vision_heads, text_heads=o.text_heads)
