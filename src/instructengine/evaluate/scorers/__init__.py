@@ -1,7 +1,7 @@
 """Scorers with one interface, ``score(images, prompts) -> np.ndarray`` (see :mod:`.base`).
 
 Built-in names: pickscore, imagereward, hpsv2, clip, blip, aesthetic (the paper's six), ict, hp,
-and vqa; ShapesWorld's shapes_oracle, shapes_clip and shapes_aesthetic. Importing this package imports
+ict_hp (ICT x HP), and vqa; ShapesWorld's shapes_oracle, shapes_clip and shapes_aesthetic. Importing this package imports
 no model code; each factory imports what it needs.
 """
 

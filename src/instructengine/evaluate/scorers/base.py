@@ -87,6 +87,7 @@ _BUILTIN: dict[str, str] = {
     "hpsv2": "instructengine.evaluate.scorers.clip_scorers:make_hpsv2",
     "ict": "instructengine.evaluate.scorers.clip_scorers:make_ict",
     "hp": "instructengine.evaluate.scorers.clip_scorers:make_hp",
+    "ict_hp": "instructengine.evaluate.scorers.clip_scorers:make_ict_hp",
     "imagereward": "instructengine.evaluate.scorers.blip_scorers:make_imagereward",
     "blip": "instructengine.evaluate.scorers.blip_scorers:make_blip_score",
     "vqa": "instructengine.evaluate.vqa:make_vqa_scorer",
