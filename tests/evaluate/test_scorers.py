@@ -90,7 +90,7 @@ def test_clip_prompt_cleaning_matches_simple_tokenizer_ids(clip_dir):
     tok = AutoTokenizer.from_pretrained(str(clip_dir))
     ref = official.SimpleTokenizer(clip_dir)
     prompts = DIRTY + ["plate &amp; a spoon", "\u00e2\u20ac\u0153the cat\u00e2\u20ac\u009d &lt;on&gt; &#39;a&#39; plate",
-                       "  A  RED\tcar  ", "the &amp;lt; dog"]
+                       "  A  RED\tcar  ", "the &amp;lt; dog", "cafe&#769; red", "a\u3000red\u00a0car", "x\x1cy"]
     for p in prompts:
         assert tok(clean_clip_prompt(p))["input_ids"][1:-1] == ref.encode(p), p
     # without cleaning the entity is tokenised as '&', 'amp', ';': two tokens more
