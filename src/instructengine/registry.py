@@ -70,6 +70,7 @@ _BUILTIN: dict[str, dict[str, str]] = {
         "hpsv2": "instructengine.scorers.clip_scorers:make_hpsv2",
         "ict": "instructengine.scorers.clip_scorers:make_ict",
         "hp": "instructengine.scorers.clip_scorers:make_hp",
+        "ict_hp": "instructengine.scorers.clip_scorers:make_ict_hp",
         "imagereward": "instructengine.scorers.blip_scorers:make_imagereward",
         "blip": "instructengine.scorers.blip_scorers:make_blip_score",
         "vqa": "instructengine.evaluate.vqa:make_vqa_scorer",

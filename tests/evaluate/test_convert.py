@@ -85,3 +85,33 @@ def test_blip_loader_rejects_wrong_prefix_and_vocab(tmp_path):
         load_blip_parts(sd, tmp_path / "med2.json", prefix="blip.")
     parts = load_blip_parts(sd, tmp_path / "med.json", prefix="blip.", with_projections=False)
     assert parts.vision_proj is None
+
+
+def test_openai_clip_layout_matches_openai_forward_and_rejects_resnets(tmp_path):
+    from instructengine.scorers.convert_openclip import load_openai_clip_as_clip
+    from instructengine.scorers.weights import load_state_dict
+
+    vocab, eos = tiny.write_clip_tokenizer(tmp_path / "tok")
+    ref = tiny.write_openai_clip_checkpoint(tmp_path / "ViT-L-14.pt", vocab, seed=6, jit=True)
+    sd = load_state_dict(tmp_path / "ViT-L-14.pt", "CLIP checkpoint")  # TorchScript archive -> state dict
+    assert {"input_resolution", "context_length", "vocab_size"} <= set(sd)
+    model = load_openai_clip_as_clip(sd)
+    cfg = model.config
+    assert (cfg.vision_config.num_attention_heads, cfg.text_config.num_attention_heads) == (2, 2)  # width // 64
+    assert cfg.text_config.hidden_act == "quick_gelu"
+    torch.manual_seed(3)
+    pixels = torch.randn(2, 3, 32, 32)
+    tokens = torch.zeros(2, 16, dtype=torch.long)
+    tokens[0, :4] = torch.tensor([eos - 1, 300, 301, eos])
+    tokens[1, :6] = torch.tensor([eos - 1, 5, 6, 7, 8, eos])
+    with torch.no_grad():
+        ref_img, ref_txt = ref(pixels, tokens)
+        got_img = model.get_image_features(pixel_values=pixels).pooler_output
+        got_txt = model.get_text_features(input_ids=tokens).pooler_output
+    torch.testing.assert_close(got_img, ref_img, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got_txt, ref_txt, rtol=1e-4, atol=1e-5)
+
+    resnet = {"visual.conv1.weight": torch.zeros(32, 3, 3, 3), "visual.attnpool.positional_embedding": torch.zeros(50, 64),
+              "token_embedding.weight": torch.zeros(10, 8)}
+    with pytest.raises(ValueError, match=r"not an OpenAI/open_clip ViT CLIP state dict: it lacks \['visual.positional_embedding'"):
+        load_openai_clip_as_clip(resnet)

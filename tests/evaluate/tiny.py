@@ -17,34 +17,53 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-WORDS = ["a", "red", "blue", "green", "car", "dog", "cat", "circle", "square", "two", "three", "on", "the", "of"]
+WORDS = ["a", "red", "blue", "green", "car", "dog", "cat", "circle", "square", "two", "three", "on", "the", "of",
+         "plate", "spoon", "amp", "and"]
 
 
 # ----------------------------------------------------------------------------------------- tokenizers
 
 
+def _bytes_to_unicode() -> dict[int, str]:
+    """CLIP's byte -> printable character table (``simple_tokenizer.bytes_to_unicode``)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1)) + list(range(ord("\xae"), ord("\xff") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, [chr(c) for c in cs]))
+
+
 def write_clip_tokenizer(folder: Path) -> tuple[int, int]:
-    """A CLIP BPE tokenizer over letters + a few words; returns (vocab_size, eos_id = vocab_size - 1)."""
+    """A CLIP BPE tokenizer in the real vocabulary layout, with merges for a few words.
+
+    As in CLIP's ``bpe_simple_vocab_16e6``: the 256 byte characters, the same with ``</w>``, one
+    entry per merge, then ``<|startoftext|>`` and ``<|endoftext|>`` (so any text is encodable and
+    ``!`` is id 0). Returns (vocab_size, eos_id = vocab_size - 1).
+    """
     from transformers import CLIPTokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
-    vocab: dict[str, int] = {}
-    for c in string.ascii_lowercase + ",.!":
-        vocab.setdefault(c, len(vocab))
-        vocab.setdefault(c + "</w>", len(vocab))
-    merges = []
+    chars = list(_bytes_to_unicode().values())
+    tokens = chars + [c + "</w>" for c in chars]
+    merges: list[str] = []
     for w in WORDS:
         # merges that build each word left to right, the last with the end-of-word marker
         pieces = list(w[:-1]) + [w[-1] + "</w>"]
         while len(pieces) > 1:
             a, b = pieces[0], pieces[1]
-            merges.append(f"{a} {b}")
-            vocab.setdefault(a + b, len(vocab))
+            if f"{a} {b}" not in merges:
+                merges.append(f"{a} {b}")
+                tokens.append(a + b)
             pieces = [a + b] + pieces[2:]
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {t: i for i, t in enumerate(tokens)}
+    assert len(vocab) == len(tokens)
     (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(dict.fromkeys(merges)) + "\n")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
     tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token="!")
     tok.save_pretrained(str(folder))
     return len(vocab), len(vocab) - 1
@@ -147,7 +166,7 @@ def open_clip_state_dict(vocab: int, seed: int = 0, width: int = 16, heads: int 
     return sd
 
 
-def _open_clip_block(x: torch.Tensor, sd: dict, prefix: str, heads: int, attn_mask=None) -> torch.Tensor:
+def _open_clip_block(x: torch.Tensor, sd: dict, prefix: str, heads: int, attn_mask=None, quick_gelu: bool = False) -> torch.Tensor:
     """open_clip ResidualAttentionBlock: x + attn(ln_1(x)); x + mlp(ln_2(x)) with nn.MultiheadAttention."""
     width = x.shape[-1]
     mha = nn.MultiheadAttention(width, heads, batch_first=True)
@@ -160,12 +179,12 @@ def _open_clip_block(x: torch.Tensor, sd: dict, prefix: str, heads: int, attn_ma
     x = x + mha(h, h, h, need_weights=False, attn_mask=attn_mask)[0]
     h = F.layer_norm(x, (width,), sd[prefix + "ln_2.weight"], sd[prefix + "ln_2.bias"])
     h = F.linear(h, sd[prefix + "mlp.c_fc.weight"], sd[prefix + "mlp.c_fc.bias"])
-    h = F.gelu(h)
+    h = h * torch.sigmoid(1.702 * h) if quick_gelu else F.gelu(h)
     return x + F.linear(h, sd[prefix + "mlp.c_proj.weight"], sd[prefix + "mlp.c_proj.bias"])
 
 
 @torch.no_grad()
-def open_clip_encode_image(sd: dict, pixels: torch.Tensor, heads: int, layers: int) -> torch.Tensor:
+def open_clip_encode_image(sd: dict, pixels: torch.Tensor, heads: int, layers: int, quick_gelu: bool = False) -> torch.Tensor:
     """open_clip VisionTransformer.forward (cls pooling, ln_post, @ proj)."""
     x = F.conv2d(pixels, sd["visual.conv1.weight"], stride=sd["visual.conv1.weight"].shape[-1])
     x = x.flatten(2).transpose(1, 2)
@@ -174,22 +193,136 @@ def open_clip_encode_image(sd: dict, pixels: torch.Tensor, heads: int, layers: i
     w = x.shape[-1]
     x = F.layer_norm(x, (w,), sd["visual.ln_pre.weight"], sd["visual.ln_pre.bias"])
     for i in range(layers):
-        x = _open_clip_block(x, sd, f"visual.transformer.resblocks.{i}.", heads)
+        x = _open_clip_block(x, sd, f"visual.transformer.resblocks.{i}.", heads, quick_gelu=quick_gelu)
     x = F.layer_norm(x[:, 0], (w,), sd["visual.ln_post.weight"], sd["visual.ln_post.bias"])
     return x @ sd["visual.proj"]
 
 
 @torch.no_grad()
-def open_clip_encode_text(sd: dict, tokens: torch.Tensor, heads: int, layers: int) -> torch.Tensor:
+def open_clip_encode_text(sd: dict, tokens: torch.Tensor, heads: int, layers: int, quick_gelu: bool = False) -> torch.Tensor:
     """open_clip CLIP.encode_text: causal mask, ln_final, features at argmax(token id), @ text_projection."""
     x = sd["token_embedding.weight"][tokens] + sd["positional_embedding"][: tokens.shape[1]]
     n = tokens.shape[1]
     mask = torch.full((n, n), float("-inf")).triu(1)
     for i in range(layers):
-        x = _open_clip_block(x, sd, f"transformer.resblocks.{i}.", heads, attn_mask=mask)
+        x = _open_clip_block(x, sd, f"transformer.resblocks.{i}.", heads, attn_mask=mask, quick_gelu=quick_gelu)
     w = x.shape[-1]
     x = F.layer_norm(x, (w,), sd["ln_final.weight"], sd["ln_final.bias"])
     return x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)] @ sd["text_projection"]
+
+
+# ----------------------------------------------------------------------------------------- OpenAI CLIP (clip.load layout)
+
+
+class _QuickGELU(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class _ResidualAttentionBlock(nn.Module):
+    """OpenAI ``clip/model.py`` ResidualAttentionBlock (sequence-first, QuickGELU MLP)."""
+
+    def __init__(self, width: int, heads: int, attn_mask: torch.Tensor | None = None):
+        super().__init__()
+        from collections import OrderedDict
+
+        self.attn = nn.MultiheadAttention(width, heads)
+        self.ln_1 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(OrderedDict([("c_fc", nn.Linear(width, 4 * width)), ("gelu", _QuickGELU()),
+                                              ("c_proj", nn.Linear(4 * width, width))]))
+        self.ln_2 = nn.LayerNorm(width)
+        self.attn_mask = attn_mask
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.ln_1(x)
+        x = x + self.attn(h, h, h, need_weights=False, attn_mask=self.attn_mask)[0]
+        return x + self.mlp(self.ln_2(x))
+
+
+class _Transformer(nn.Module):
+    def __init__(self, width: int, layers: int, heads: int, attn_mask: torch.Tensor | None = None):
+        super().__init__()
+        self.resblocks = nn.Sequential(*[_ResidualAttentionBlock(width, heads, attn_mask) for _ in range(layers)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.resblocks(x)
+
+
+class _VisionTransformer(nn.Module):
+    def __init__(self, image: int, patch: int, width: int, layers: int, heads: int, embed: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, width, kernel_size=patch, stride=patch, bias=False)
+        self.class_embedding = nn.Parameter(torch.zeros(width))
+        self.positional_embedding = nn.Parameter(torch.zeros((image // patch) ** 2 + 1, width))
+        self.ln_pre = nn.LayerNorm(width)
+        self.transformer = _Transformer(width, layers, heads)
+        self.ln_post = nn.LayerNorm(width)
+        self.proj = nn.Parameter(torch.zeros(width, embed))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(x).flatten(2).permute(0, 2, 1)
+        cls = self.class_embedding + torch.zeros(x.shape[0], 1, x.shape[-1], dtype=x.dtype)
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding
+        x = self.ln_pre(x).permute(1, 0, 2)  # NLD -> LND
+        x = self.transformer(x).permute(1, 0, 2)
+        return self.ln_post(x[:, 0, :]) @ self.proj
+
+
+class OpenAIClip(nn.Module):
+    """OpenAI ``clip/model.py`` CLIP (ViT image tower), shrunk: the parameter names of ``ViT-L-14.pt``.
+
+    ``forward(image, text)`` returns ``(encode_image(image), encode_text(text))`` as OpenAI's code
+    computes them (text pooled at ``text.argmax(-1)``, the end-of-text id being the largest).
+    Buffers ``input_resolution`` / ``context_length`` / ``vocab_size`` stand for the scalars the
+    released TorchScript archives carry in their state dict.
+    """
+
+    def __init__(self, vocab: int, width: int = 128, heads: int = 2, layers: int = 2, ctx: int = 16,
+                 image: int = 32, patch: int = 8, embed: int = 8):
+        super().__init__()
+        self.visual = _VisionTransformer(image, patch, width, layers, heads, embed)
+        mask = torch.full((ctx, ctx), float("-inf")).triu(1)
+        self.transformer = _Transformer(width, layers, heads, attn_mask=mask)
+        self.token_embedding = nn.Embedding(vocab, width)
+        self.positional_embedding = nn.Parameter(torch.zeros(ctx, width))
+        self.ln_final = nn.LayerNorm(width)
+        self.text_projection = nn.Parameter(torch.zeros(width, embed))
+        self.logit_scale = nn.Parameter(torch.tensor(4.6052))
+        self.register_buffer("input_resolution", torch.tensor(image))
+        self.register_buffer("context_length", torch.tensor(ctx))
+        self.register_buffer("vocab_size", torch.tensor(vocab))
+
+    def encode_text(self, text: torch.Tensor) -> torch.Tensor:
+        x = (self.token_embedding(text) + self.positional_embedding).permute(1, 0, 2)
+        x = self.transformer(x).permute(1, 0, 2)
+        x = self.ln_final(x)
+        return x[torch.arange(x.shape[0]), text.argmax(dim=-1)] @ self.text_projection
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor):
+        return self.visual(image), self.encode_text(text)
+
+
+def openai_clip(vocab: int, seed: int = 0) -> OpenAIClip:
+    """A tiny :class:`OpenAIClip` holding random weights (open_clip_state_dict's, same names).
+
+    Width 128 with 2 heads: OpenAI's ``build_model`` derives the head count as ``width // 64``.
+    """
+    model = OpenAIClip(vocab).eval()
+    sd = open_clip_state_dict(vocab, seed=seed, width=128, heads=2)
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    assert not unexpected and set(missing) == {"input_resolution", "context_length", "vocab_size"}, (missing, unexpected)
+    return model
+
+
+def write_openai_clip_checkpoint(path: Path, vocab: int, seed: int = 0, jit: bool = True) -> OpenAIClip:
+    """Save a tiny OpenAI-layout CLIP as ``clip.load`` finds it: a traced TorchScript archive or a state dict."""
+    model = openai_clip(vocab, seed)
+    if jit:
+        traced = torch.jit.trace(model, (torch.zeros(1, 3, 32, 32), torch.zeros(1, 16, dtype=torch.long)))
+        traced.save(str(path))
+    else:
+        torch.save(model.state_dict(), path)
+    return model
 
 
 # ----------------------------------------------------------------------------------------- BLIP (original layout)

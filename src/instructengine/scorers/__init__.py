@@ -1,6 +1,6 @@
 """Scorers with one interface, ``score(images, prompts) -> np.ndarray`` (see :mod:`.base`).
 
-Built-in names: pickscore, imagereward, hpsv2, clip, blip, aesthetic (the paper's six), ict, hp,
+Built-in names: pickscore, imagereward, hpsv2, clip, blip, aesthetic (the paper's six), ict, hp, ict_hp (ICT x HP)
 and vqa (:mod:`instructengine.evaluate.vqa`); bundles register theirs (:mod:`instructengine.registry`).
 The same scorers serve the data pipeline (best-of-N, baselines) and the evaluation harness.
 Importing this package imports no model code; each factory imports what it needs.

@@ -1,8 +1,11 @@
 """Convert an OpenCLIP (or OpenAI CLIP) ViT state dict into a transformers ``CLIPModel``.
 
 HPSv2 ships its fine-tuned ViT-H-14 as an open_clip checkpoint (``HPS_v2_compressed.pt``:
-``{"state_dict": ...}``). This module maps it onto ``transformers.CLIPModel`` so the project needs
-no open_clip install. The key mapping follows transformers'
+``{"state_dict": ...}``); OpenAI ships CLIP as TorchScript archives (``ViT-L-14.pt``, what
+``clip.load`` reads and what ImageReward's CLIP score and aesthetic predictor use), whose state dict
+has the same names plus three scalars (``input_resolution``, ``context_length``, ``vocab_size``,
+which OpenAI's ``build_model`` deletes too). This module maps both onto ``transformers.CLIPModel``
+so the project needs neither open_clip nor clip installed. The key mapping follows transformers'
 ``models/clip/convert_clip_original_pytorch_to_hf.py`` (OpenAI CLIP and open_clip's standard
 ``CLIP`` class use the same parameter names) and open_clip's ``transformer.py``
 (``VisionTransformer`` / ``TextTransformer`` with packed ``in_proj`` attention):
@@ -38,7 +41,13 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
-__all__ = ["OPEN_CLIP_HEAD_WIDTHS", "clip_config_from_open_clip", "convert_open_clip_state_dict", "load_open_clip_as_clip"]
+__all__ = [
+    "OPEN_CLIP_HEAD_WIDTHS",
+    "clip_config_from_open_clip",
+    "convert_open_clip_state_dict",
+    "load_open_clip_as_clip",
+    "load_openai_clip_as_clip",
+]
 
 #: vision head width of open_clip architectures whose heads are not 64 wide (model_configs/*.json)
 OPEN_CLIP_HEAD_WIDTHS: dict[str, int] = {"ViT-H-14": 80, "ViT-H-16": 80, "ViT-g-14": 88, "ViT-bigG-14": 104}
@@ -50,7 +59,12 @@ _BLOCK_MAP = {
     "mlp.c_fc": "mlp.fc1",
     "mlp.c_proj": "mlp.fc2",
 }
-_IGNORED = re.compile(r"(^|\.)attn_mask$")
+_IGNORED = re.compile(r"(^|\.)attn_mask$|^(input_resolution|context_length|vocab_size)$")
+#: keys every plain ViT CLIP state dict has; their absence means another layout (ResNet CLIP, a
+#: transformers state dict, a reward head ...)
+_REQUIRED = ("visual.conv1.weight", "visual.positional_embedding", "visual.proj",
+             "visual.transformer.resblocks.0.attn.in_proj_weight", "token_embedding.weight",
+             "positional_embedding", "transformer.resblocks.0.attn.in_proj_weight", "ln_final.weight")
 
 
 def _strip_prefix(sd: Mapping[str, Any]) -> dict[str, Any]:
@@ -93,6 +107,12 @@ def clip_config_from_open_clip(
     from transformers import CLIPConfig
 
     sd = _strip_prefix(state_dict)
+    missing = [k for k in _REQUIRED if k not in sd]
+    if missing:
+        raise ValueError(
+            f"not an OpenAI/open_clip ViT CLIP state dict: it lacks {missing[:3]} (first keys: {list(sd)[:4]}); "
+            "pass a ViT checkpoint (OpenAI ViT-L-14.pt, open_clip/HPSv2 .pt) or a transformers CLIP folder / Hub id"
+        )
     conv = sd["visual.conv1.weight"]
     v_width, patch = int(conv.shape[0]), int(conv.shape[-1])
     n_pos = int(sd["visual.positional_embedding"].shape[0])
@@ -218,3 +238,16 @@ def load_open_clip_as_clip(
     if missing or unexpected:
         raise ValueError(f"open_clip -> CLIPModel: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return model.eval()
+
+
+def load_openai_clip_as_clip(state_dict: Mapping[str, Any]):
+    """An OpenAI CLIP ViT checkpoint (``clip.load``'s ``ViT-L-14.pt`` state dict) as a ``CLIPModel``.
+
+    OpenAI's ``clip/model.py`` ``build_model`` reads the sizes from the tensors as
+    :func:`clip_config_from_open_clip` does, uses ``width // 64`` heads in both towers and
+    ``QuickGELU`` activations; the parameter names are open_clip's.
+
+    Raises:
+        ValueError: not a ViT CLIP state dict (e.g. a ResNet CLIP), or keys the mapping does not know.
+    """
+    return load_open_clip_as_clip(state_dict, arch=None, quick_gelu=True)

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cache_dir", "load_state_dict", "resolve_file"]
+__all__ = ["cache_dir", "is_torchscript_archive", "load_state_dict", "resolve_file"]
 
 
 def cache_dir() -> Path:
@@ -65,12 +65,25 @@ def _download_url(url: str) -> Path:
     return target
 
 
+def is_torchscript_archive(path: str | Path) -> bool:
+    """True for a TorchScript zip archive (``torch.jit.save``), e.g. OpenAI's ``ViT-L-14.pt``."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.endswith("/constants.pkl") or "/code/__torch__" in n for n in z.namelist())
+
+
 def load_state_dict(path: str | Path, what: str = "weights", trust_pickle: bool = False) -> dict[str, Any]:
-    """Load a checkpoint file (``.safetensors`` or a torch pickle) onto the CPU.
+    """Load a checkpoint file (``.safetensors``, a torch pickle, or a TorchScript archive) onto the CPU.
 
     Torch pickles are read with ``weights_only=True`` (tensors, dicts, numbers only). A checkpoint
     that also pickles Python objects (some training checkpoints store their argparse config) needs
     ``trust_pickle=True``, which runs the full unpickler: only for files from a source you trust.
+    A TorchScript archive (OpenAI's CLIP ``.pt`` files are ``torch.jit`` archives; ``clip.load``
+    reads them the same way) is opened with ``torch.jit.load`` and only its ``state_dict()`` is
+    kept: TorchScript's unpickler restores TorchScript types only, and no method of the archive is run.
 
     Raises:
         ValueError: the file cannot be read this way, or does not hold a dict.
@@ -81,6 +94,13 @@ def load_state_dict(path: str | Path, what: str = "weights", trust_pickle: bool 
 
         return load_file(str(path))
     import torch
+
+    if is_torchscript_archive(path):
+        try:
+            module = torch.jit.load(str(path), map_location="cpu")
+        except Exception as err:  # noqa: BLE001 - re-raised with the file named
+            raise ValueError(f"{what}: could not read TorchScript archive {str(path)!r}: {err}") from err
+        return {k: v.detach() for k, v in module.state_dict().items()}
 
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=not trust_pickle)
