@@ -90,6 +90,7 @@ _BUILTIN: dict[str, str] = {
     "imagereward": "instructengine.evaluate.scorers.blip_scorers:make_imagereward",
     "blip": "instructengine.evaluate.scorers.blip_scorers:make_blip_score",
     "vqa": "instructengine.evaluate.vqa:make_vqa_scorer",
+    "vila": "instructengine.evaluate.scorers.vila:make_vila",
     "shapes_oracle": "instructengine.shapes.harness:make_oracle",
     "shapes_clip": "instructengine.shapes.harness:make_clip",
     "shapes_aesthetic": "instructengine.shapes.harness:make_aesthetic",
