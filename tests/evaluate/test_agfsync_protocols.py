@@ -186,6 +186,10 @@ def test_agfsync_vqa_can_drop_flagged_questions_and_ours_stays_the_default(serve
     vqa = build_scorer("vqa", {"protocol": "agfsync", "drop_flagged": True, "llm": _llm(server, tmp_path)}, ctx)
     vqa.score([Image.new("RGB", (16, 16), (220, 30, 30))], ["a red square"])
     assert len(vqa.questions["a red square"]) == 14 and vqa.dropped["vqa_questions:flagged_invalid"] == 1
+    qfile = tmp_path / "tifa.json"
+    qfile.write_text(json.dumps([{"caption": "x", "question": "what colour?", "choices": ["red", "blue"], "answer": "red"}]))
+    with pytest.raises(ValueError, match="answer_rule agfsync reads yes/no answers only"):
+        build_scorer("vqa", {"protocol": "agfsync", "questions_file": str(qfile), "llm": _llm(server, tmp_path)}, ctx)
     ours = build_scorer("vqa", {"llm": _llm(server, tmp_path)}, ctx)
     assert (ours.options.protocol, ours.options.max_questions, ours.options.unanswered, ours.options.answer_rule) == (
         "instructengine", 8, "skip", "choices")

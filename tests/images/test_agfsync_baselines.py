@@ -195,12 +195,16 @@ def test_preset_errors_are_one_clear_line():
     assert "not ['hpsv2']" in err({"name": "a", "preset": "agfsync_code", "scorers": [VILA, {"name": "hpsv2"}]})
     assert "agfsync_code" in err({"name": "a", "preset": "agfsync_cod", "scorers": [VILA]})
     assert "only with a preset" in err({"name": "a", "preset_aesthetic": "laion", "scorers": [{"name": "clip"}]})
+    assert "fixes vqa.options.protocol=agfsync" in err({"name": "a", "preset": "agfsync_paper", "preset_aesthetic": "laion",
+                                                        "scorers": [{"name": "vqa", "options": {"protocol": "instructengine"}}]})
     # run settings of the preset's scorers are the user's
     spec = validate_config(BaselineSpec, {"name": "a", "preset": "agfsync_code", "scorers": [
         {**VILA, "batch_size": 4}, {"name": "clip", "device": "cuda", "options": {"model": "/m/clip"}}]}, "baseline")
     clip = spec.scorers[0]
     assert (clip.name, clip.device, clip.options, clip.weight, clip.prompt_chars) == ("clip", "cuda", {"model": "/m/clip"}, 0.85, 77)
     assert spec.scorers[1].batch_size == 4
+    spec.min_gap = 0.5  # a validated assignment keeps the expanded preset
+    assert spec.min_gap == 0.5 and [(s.name, s.weight) for s in spec.scorers] == [("clip", 0.85), ("vila", 0.15)]
 
 
 def test_shipped_sdxl_config_has_both_agfsync_presets():

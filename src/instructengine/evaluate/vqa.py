@@ -218,6 +218,11 @@ class VQAScorer:
                 raise ValueError(f"vqa.{what}: the answer cache needs a place: set cache_path, cache: false, or run the scorer with a run_dir")
         self.questions: dict[str, list[Question]] = {}
         self.fixed = load_questions_file(options.questions_file) if options.questions_file else None
+        if self.fixed is not None and options.answer_rule == "agfsync":
+            odd = next((q for qs in self.fixed.values() for q in qs if sorted(c.lower() for c in q.choices) != ["no", "yes"]), None)
+            if odd is not None:
+                raise ValueError(f"vqa: answer_rule agfsync reads yes/no answers only, but {options.questions_file} asks "
+                                 f"{odd.question!r} with choices {odd.choices}; use answer_rule: choices")
         self.dropped: Counter[str] = Counter()
         self.usage: dict[str, Any] = {}
         self.info = {"protocol": options.protocol, "answer_model": self.answer_cfg.model,

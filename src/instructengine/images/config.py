@@ -290,9 +290,14 @@ def _expand_preset(data: dict[str, Any]) -> dict[str, Any]:
             if key in user and user[key] != term.get(key, WeightedScorerSpec.model_fields[key].default):
                 raise ValueError(f"baseline {name!r}: preset {preset_name} fixes {term['name']}.{key}="
                                  f"{term.get(key)}, got {user[key]!r}; drop the preset to change it")
-        options = {**term.get("options", {}), **user.get("options", {})}
-        scorers.append({**user, **term, "options": options})
-    if aesthetic == "vila" and not next(s for s in scorers if s["name"] == "vila")["options"].get("model_path"):
+        fixed_options = term.get("options", {})
+        for key, value in fixed_options.items():
+            if key in user.get("options", {}) and user["options"][key] != value:
+                raise ValueError(f"baseline {name!r}: preset {preset_name} fixes {term['name']}.options.{key}="
+                                 f"{value}, got {user['options'][key]!r}; drop the preset to change it")
+        options = {**user.get("options", {}), **fixed_options}
+        scorers.append(WeightedScorerSpec.model_validate({**user, **term, "options": options}))
+    if aesthetic == "vila" and not next(s for s in scorers if s.name == "vila").options.get("model_path"):
         raise ValueError(
             f"baseline {name!r}: preset {preset_name} scores aesthetics with Google's VILA-R, a TensorFlow-only model: "
             "give scorers: [{name: vila, options: {model_path: <VILA-R SavedModel folder>}}] (needs tensorflow), "
