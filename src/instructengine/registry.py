@@ -74,6 +74,7 @@ _BUILTIN: dict[str, dict[str, str]] = {
         "imagereward": "instructengine.scorers.blip_scorers:make_imagereward",
         "blip": "instructengine.scorers.blip_scorers:make_blip_score",
         "vqa": "instructengine.evaluate.vqa:make_vqa_scorer",
+        "vila": "instructengine.scorers.vila:make_vila",
     },
     "benchmark": {"drawbench": "instructengine.evaluate.benchmarks:load_drawbench"},
     "model": {

@@ -20,9 +20,13 @@ PAPER_METRICS = ["pickscore", "imagereward", "hpsv2", "clip", "blip", "aesthetic
 
 
 class JudgeSpec(Config):
-    """The VLM pairwise judge (AGFSync's three questions, both image orders)."""
+    """The VLM pairwise judge: ours (three questions in one request, both image orders, ties) or AGFSync's."""
 
     enabled: bool = Field(False, description="run the pairwise judge of every model against the base model")
+    protocol: Literal["instructengine", "agfsync"] = Field(
+        "instructengine", description="instructengine: the three questions in one request, both image orders, ties allowed, "
+        "win rate = win/(win+tie+loss); agfsync: AGFSync's three questions asked separately, forced A/B choice with a "
+        "reason, one image order, win rate = win/(win+loss) (see instructengine.evaluate.judge)")
     llm: dict[str, Any] = Field(default_factory=dict, description="instructengine.llm client settings for the VLM")
     max_pairs: int | None = Field(None, ge=1, description="judge at most this many (prompt, seed) pairs per model pair")
     image_size: int = Field(512, ge=32, description="longest side of the images sent to the VLM (pixels)")

@@ -1,8 +1,12 @@
 """Baseline data builders from the same candidates: best/worst of N by a reward.
 
 * the paper's HPSv2 baseline: one scorer (``hpsv2``), reward = its score;
-* AGFSync's weighted multi-score: several scorers (AGFSync: VQA score, CLIP score, aesthetic
-  score), each optionally normalised over all candidates (``normalize``), reward = weighted sum.
+* AGFSync's weighted multi-score: several scorers, reward = ``sum_i w_i * normalize(scale_i * s_i)``.
+  ``preset: agfsync_paper`` is the paper's raw sum 0.35 VQA + 0.55 CLIP + 0.10 VILA on 0-100
+  scales; ``preset: agfsync_code`` is what the released code computes (0.85 CLIP + 0.15 VILA, x100,
+  CLIP on prompt[0:77], summed in float16); see ``BASELINE_PRESETS`` in
+  :mod:`instructengine.images.config`. ``normalize: zscore`` / ``minmax`` are ours (zscore makes
+  each weight w/sigma, so it picks other pairs than AGFSync's raw sum).
 
 Per baseline ``<name>``, ``<run_dir>/baselines/<name>/`` holds (the trainer's ``data.path`` for
 its ``reward_dpo`` method, see ``instructengine.train.data``):
@@ -33,7 +37,7 @@ from instructengine.images.scorers import score_candidates
 from instructengine.images.select import generator_fingerprint
 from instructengine.runs import Manifest, StageDir, atomic_write_parquet
 
-__all__ = ["normalize_scores", "run_baseline", "run_baselines"]
+__all__ = ["normalize_scores", "run_baseline", "run_baselines", "weighted_reward"]
 
 
 def normalize_scores(values: np.ndarray, how: str) -> np.ndarray:
@@ -48,6 +52,26 @@ def normalize_scores(values: np.ndarray, how: str) -> np.ndarray:
         span = finite.max() - finite.min()
         return (values - finite.min()) / (span if span > 0 else 1.0)
     raise ValueError(f"normalize must be none, zscore or minmax, got {how!r}")
+
+
+def weighted_reward(terms: list[tuple[float, np.ndarray]], dtype: str, n: int) -> np.ndarray:
+    """``sum_i weight_i * values_i`` (NaN stays NaN), as float64.
+
+    ``dtype="float16"`` repeats the released AGFSync code's arithmetic: each term's values are
+    cast to float16 and ``reward += weight * values`` runs in float16 (a Python float times a
+    float16 array stays float16 in numpy), so candidates closer than float16's spacing tie.
+    """
+    if dtype == "float64":
+        reward = np.zeros(n)
+        for weight, values in terms:
+            reward = reward + weight * values
+        return reward
+    if dtype == "float16":
+        reward16 = np.zeros(n, dtype=np.float16)
+        for weight, values in terms:
+            reward16 += weight * values.astype(np.float16)
+        return reward16.astype(np.float64)
+    raise ValueError(f"reward_dtype must be float64 or float16, got {dtype!r}")
 
 
 def _column_name(spec: Any, taken: set[str]) -> str:
@@ -75,16 +99,18 @@ def run_baseline(
     manifest.inputs["candidates"] = str(run_dir / "candidates" / "candidates.parquet")
     usable = cands[~cands["nsfw"]].reset_index(drop=True)
     gen_fp = generator_fingerprint(run_dir)
-    reward = np.zeros(len(usable))
+    terms = []
     taken: set[str] = set()
     columns = {}
     for s in spec.scorers:
+        rows = usable if s.prompt_chars is None else usable.assign(prompt=usable["prompt"].str[: s.prompt_chars])
         with manifest.timed(f"score_{s.label}"):
-            values, stats = score_candidates(run_dir, s, usable, gen_fp, (scorers or {}).get(s.label), log)
+            values, stats = score_candidates(run_dir, s, rows, gen_fp, (scorers or {}).get(s.label), log)
         col = _column_name(s, taken)
         columns[col] = values
         manifest.extra[f"{col}_cached_computed"] = [stats["cached"], stats["computed"]]
-        reward = reward + s.weight * normalize_scores(values, spec.normalize)
+        terms.append((s.weight, normalize_scores(s.scale * values, spec.normalize)))
+    reward = weighted_reward(terms, spec.reward_dtype, len(usable))
     usable = usable.assign(**columns, reward=reward)
     measured = usable[np.isfinite(usable["reward"].to_numpy())]
     manifest.extra["candidates_unmeasured"] = int(len(usable) - len(measured))
@@ -96,6 +122,7 @@ def run_baseline(
         if g is None or len(g) < 2:
             manifest.drop("fewer_than_2_candidates")
             continue
+        g = g.sort_values("k", kind="stable")  # ties go to the first candidate, as in AGFSync's argmax
         r = g["reward"].to_numpy()
         best, worst = int(np.argmax(r)), int(np.argmin(r))
         if r[best] - r[worst] <= spec.min_gap:
@@ -116,8 +143,11 @@ def run_baseline(
     manifest.outputs["preferences"] = str(atomic_write_parquet(stage.path("preferences.parquet"), pref_table))
     manifest.count_out = len(pref_table)
     manifest.extra.update(
-        scorers=[{"kind": s.kind, "name": s.label, "weight": s.weight, "fingerprint": s.fingerprint()} for s in spec.scorers],
+        preset=spec.preset,
+        scorers=[{"kind": s.kind, "name": s.label, "weight": s.weight, "scale": s.scale, "prompt_chars": s.prompt_chars,
+                  "fingerprint": s.fingerprint()} for s in spec.scorers],
         normalize=spec.normalize,
+        reward_dtype=spec.reward_dtype,
         candidate_rows=len(table),
         mean_reward_gap=round(float((pref_table["reward_w"] - pref_table["reward_l"]).mean()), 6) if len(pref_table) else None,
     )

@@ -22,6 +22,7 @@ from instructengine.llm.config import LLMConfig
 from instructengine.text_pipeline import TextPipelineConfig
 
 __all__ = [
+    "BASELINE_PRESETS",
     "BaselineSpec",
     "CandidatesConfig",
     "DataPipelineConfig",
@@ -76,9 +77,26 @@ class CandidatesConfig(Config):
 
 
 class WeightedScorerSpec(ScorerSpec):
-    """A scorer and its weight in a weighted multi-score reward."""
+    """A scorer and its term in a weighted multi-score reward: ``weight * normalize(scale * score)``."""
 
-    weight: float = Field(1.0, description="Weight of this scorer's (normalised) score in the reward.")
+    weight: float = Field(1.0, description="Weight of this scorer's (scaled, normalised) score in the reward.")
+    scale: float = Field(
+        1.0,
+        description="Multiplier applied to the raw score before normalising and weighting. AGFSync puts every "
+        "term on a 0-100 scale: VQA accuracy x100, CLIP cosine x100, VILA x100 (the LAION aesthetic, 1-10, x10).",
+    )
+    prompt_chars: int | None = Field(
+        None,
+        ge=1,
+        description="Score with each prompt cut to its first N characters (the released AGFSync code scores CLIP "
+        "with prompt[0:77], characters, not tokens); null: the whole prompt.",
+    )
+
+    def fingerprint(self) -> str:
+        base = super().fingerprint()
+        if self.prompt_chars is None:
+            return base
+        return f"{base}-chars{self.prompt_chars}"
 
 
 class SelectConfig(Config):
@@ -129,19 +147,134 @@ class DatasetConfig(Config):
     histograms: bool = Field(True, description="Write PNG histograms of kept samples per theme and per dimension.")
 
 
+#: Named baselines: what they fix (scorers, weights, scales, normalisation, reward arithmetic).
+#: ``agfsync_paper``: the AGFSync paper's S = 0.35 VQA + 0.55 CLIP + 0.10 aesthetic, each on 0-100
+#: (VQA accuracy x100 with AGFSync's question protocol, CLIP cosine x100, VILA x100), raw sum.
+#: ``agfsync_code``: what the released AGFSync code (build_dataset.py) computes: 0.85 CLIP + 0.15
+#: aesthetic (VILA x100, read from its aes_score.py output), no VQA term, CLIP on prompt[0:77], the
+#: sum accumulated in float16.
+BASELINE_PRESETS: dict[str, dict[str, Any]] = {
+    "agfsync_paper": {
+        "normalize": "none",
+        "reward_dtype": "float64",
+        "scorers": [
+            {"kind": "vqa", "weight": 0.35, "scale": 100.0, "options": {"protocol": "agfsync"}},
+            {"kind": "clip", "weight": 0.55, "scale": 100.0},
+            {"kind": "vila", "weight": 0.10, "scale": 100.0},
+        ],
+    },
+    "agfsync_code": {
+        "normalize": "none",
+        "reward_dtype": "float16",
+        "scorers": [
+            {"kind": "clip", "weight": 0.85, "scale": 100.0, "prompt_chars": 77},
+            {"kind": "vila", "weight": 0.15, "scale": 100.0},
+        ],
+    },
+}
+#: preset_aesthetic=laion: the VILA term is replaced by the LAION predictor (1-10) x10, on 0-100 like VILA x100
+LAION_SUBSTITUTE = {"kind": "aesthetic", "scale": 10.0}
+_PRESET_FIXED = ("weight", "scale", "prompt_chars")
+
+
+def _expand_preset(data: dict[str, Any]) -> dict[str, Any]:
+    """The baseline ``data`` with its preset's scorers, weights and scales filled in (idempotent).
+
+    The user's ``scorers`` entries may only add run settings (options, device, dtype, batch_size,
+    column) to the preset's scorers, matched by kind.
+
+    Raises:
+        ValueError: unknown preset, a scorer the preset lacks, a changed weight/scale/normalize, or
+            a VILA term without its SavedModel folder.
+    """
+    name, preset_name = data.get("name", "?"), data["preset"]
+    if preset_name not in BASELINE_PRESETS:
+        raise ValueError(f"baseline {name!r}: unknown preset {preset_name!r}; known: {sorted(BASELINE_PRESETS)}")
+    preset = BASELINE_PRESETS[preset_name]
+    aesthetic = data.get("preset_aesthetic", "vila")
+    terms = [dict(t) for t in preset["scorers"]]
+    if aesthetic == "laion":
+        terms = [{**t, **LAION_SUBSTITUTE} if t["kind"] == "vila" else t for t in terms]
+    for key in ("normalize", "reward_dtype"):
+        if key in data and data[key] != preset[key]:
+            raise ValueError(f"baseline {name!r}: preset {preset_name} fixes {key}={preset[key]}, got {data[key]!r}; "
+                             f"drop the preset to change it")
+    given = {}
+    for entry in data.get("scorers") or []:
+        entry = entry.model_dump() if hasattr(entry, "model_dump") else dict(entry)
+        given[entry.get("kind")] = entry
+    known = [t["kind"] for t in terms]
+    extra = sorted(set(given) - set(known), key=str)
+    if extra:
+        raise ValueError(f"baseline {name!r}: preset {preset_name} has the scorers {known}, not {extra}; "
+                         f"list only those to give their options/device")
+    scorers = []
+    for term in terms:
+        user = given.get(term["kind"], {})
+        for key in _PRESET_FIXED:
+            if key in user and user[key] != term.get(key, WeightedScorerSpec.model_fields[key].default):
+                raise ValueError(f"baseline {name!r}: preset {preset_name} fixes {term['kind']}.{key}="
+                                 f"{term.get(key)}, got {user[key]!r}; drop the preset to change it")
+        fixed_options = term.get("options", {})
+        for key, value in fixed_options.items():
+            if key in user.get("options", {}) and user["options"][key] != value:
+                raise ValueError(f"baseline {name!r}: preset {preset_name} fixes {term['kind']}.options.{key}="
+                                 f"{value}, got {user['options'][key]!r}; drop the preset to change it")
+        options = {**user.get("options", {}), **fixed_options}
+        scorers.append(WeightedScorerSpec.model_validate({**user, **term, "options": options}))
+    if aesthetic == "vila" and not next(s for s in scorers if s.kind == "vila").options.get("model_path"):
+        raise ValueError(
+            f"baseline {name!r}: preset {preset_name} scores aesthetics with Google's VILA-R, a TensorFlow-only model: "
+            "give scorers: [{kind: vila, options: {model_path: <VILA-R SavedModel folder>}}] (needs tensorflow), "
+            "or set preset_aesthetic: laion for our substitute (LAION predictor x10)")
+    return {**data, "normalize": preset["normalize"], "reward_dtype": preset["reward_dtype"], "scorers": scorers}
+
+
 class BaselineSpec(Config):
-    """One baseline data set built from the same candidates: best/worst of N by a (weighted) reward."""
+    """One baseline data set built from the same candidates: best/worst of N by a (weighted) reward.
+
+    The reward of a candidate is ``sum_i weight_i * normalize(scale_i * score_i)``; best = argmax,
+    worst = argmin (first on ties, in candidate order k). ``preset`` names a published recipe
+    (:data:`BASELINE_PRESETS`) and fills in its scorers, weights, scales and arithmetic.
+    """
 
     name: str = Field(..., description="Folder name under <run_dir>/baselines/ (letters, digits, '.', '_', '-').")
+    preset: Literal["agfsync_paper", "agfsync_code"] | None = Field(
+        None,
+        description="A published recipe that fixes scorers, weights, scales, normalize and reward_dtype: "
+        "agfsync_paper (0.35 VQA + 0.55 CLIP + 0.10 VILA, each x100, AGFSync's VQA protocol, raw sum), "
+        "agfsync_code (the released AGFSync code: 0.85 CLIP + 0.15 VILA, each x100, CLIP on prompt[0:77], float16 sum). "
+        "`scorers` then only adds run settings (options, device, dtype, batch_size) to the preset's scorers by kind.",
+    )
+    preset_aesthetic: Literal["vila", "laion"] = Field(
+        "vila",
+        description="With a preset: the aesthetic term. vila: AGFSync's VILA-R (TensorFlow SavedModel, scorer `vila`, "
+        "needs options.model_path); laion: our substitute, the LAION predictor (scorer `aesthetic`, 1-10) x10.",
+    )
     scorers: list[WeightedScorerSpec] = Field(
-        ..., min_length=1, description="Scorers whose weighted (normalised) sum is the reward; one scorer: plain reward (HPSv2 baseline)."
+        ..., min_length=1, description="Scorers whose weighted (scaled, normalised) sum is the reward; one scorer: plain reward (HPSv2 baseline)."
     )
     normalize: Literal["none", "zscore", "minmax"] = Field(
         "none",
-        description="Per-scorer normalisation over all candidates before weighting: none, zscore or minmax "
-        "(use one when scorers live on different scales).",
+        description="Per-scorer normalisation over all candidates before weighting: none, zscore or minmax. "
+        "Ours, not AGFSync's: zscore turns weight w into w/sigma of that scorer, so it picks other pairs than "
+        "the paper's raw sum; AGFSync uses none with explicit scales.",
+    )
+    reward_dtype: Literal["float64", "float16"] = Field(
+        "float64",
+        description="Arithmetic of the reward sum. float16: the released AGFSync code's (each score cast to float16 "
+        "and summed in float16, so near ties collapse and the first candidate wins).",
     )
     min_gap: float = Field(0.0, ge=0, description="Drop an instruction whose best and worst rewards differ by <= this (reward_tie).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("preset") is not None:
+            return _expand_preset(data)
+        if isinstance(data, dict) and data.get("preset_aesthetic", "vila") != "vila":
+            raise ValueError(f"baseline {data.get('name', '?')!r}: preset_aesthetic applies only with a preset")
+        return data
 
     @field_validator("name")
     @classmethod
