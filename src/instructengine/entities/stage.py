@@ -33,6 +33,7 @@ from instructengine.backends import (
     ledgered,
     normalize_text,
     run_bounded,
+    should_redo,
     stable_id,
     usage_since,
 )
@@ -93,22 +94,67 @@ async def _subtopic_work(
     else:
         kept = []
 
-    async def check(i: int) -> str | None:
-        if not cfg.confirm:
-            return None
+    candidates = [{"entity": names[i], "similarity": round(sims[i], 6)} for i in kept]
+    entities, unconfirmed = await _confirm(cfg, backend, theme, subtopic, candidates, drops)
+    return {
+        "proposed": len(proposed), "entities": entities, "unconfirmed": unconfirmed, "drops": dict(drops),
+        "checked": [c["entity"] for c in candidates],
+        "similarities": [round(s, 4) for s in sims],
+    }
+
+
+async def _confirm(
+    cfg: EntitiesConfig, backend: InstructionBackend, theme: str, subtopic: str,
+    candidates: list[dict[str, Any]], drops: Counter[str],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(confirmed entities, entities whose check failed, each with its ``reason``). A rejection
+    is counted in ``drops``; a failed check is kept apart so that a later run can retry it."""
+    if not cfg.confirm:
+        return candidates, []
+
+    async def check(ent: dict[str, Any]) -> str | None:
         try:
-            return None if await backend.confirm_entity(theme, subtopic, names[i]) else "rejected_by_check"
+            return None if await backend.confirm_entity(theme, subtopic, ent["entity"]) else "rejected_by_check"
         except DropItem as drop:
             return f"confirm:{drop.reason}"
 
-    verdicts = await asyncio.gather(*(check(i) for i in kept))
-    entities = []
-    for i, verdict in zip(kept, verdicts):
+    verdicts = await asyncio.gather(*(check(e) for e in candidates))
+    entities, unconfirmed = [], []
+    for ent, verdict in zip(candidates, verdicts):
         if verdict is None:
-            entities.append({"entity": names[i], "similarity": round(sims[i], 6)})
-        else:
+            entities.append(ent)
+        elif verdict == "rejected_by_check":
             drops[verdict] += 1
-    return {"proposed": len(proposed), "entities": entities, "drops": dict(drops), "similarities": [round(s, 4) for s in sims]}
+        else:
+            unconfirmed.append({**ent, "reason": verdict})
+    return entities, unconfirmed
+
+
+async def _recheck(
+    cfg: EntitiesConfig, backend: InstructionBackend, ledger: Any, key: str, theme: str, subtopic: str
+) -> None:
+    """Retry the failed confirmations of a finished subtopic (transient ones always, all with
+    ``retry_dropped``) and store the subtopic's record again with the outcome, in the same order."""
+    rec = ledger.get(key)
+    if rec is None or rec.get("status") != "done":
+        return
+    unconfirmed = rec.get("unconfirmed") or []
+    redo = [u for u in unconfirmed if should_redo(u["reason"].removeprefix("confirm:"), cfg.retry_dropped)]
+    if not redo:
+        return
+    drops: Counter[str] = Counter(rec["drops"])
+    got, still = await _confirm(cfg, backend, theme, subtopic, [{k: u[k] for k in ("entity", "similarity")} for u in redo], drops)
+    kept_before = [u for u in unconfirmed if u not in redo]
+    # the filter's order (that of an uninterrupted run), not the order checks came back in
+    rank = {name: i for i, name in enumerate(rec.get("checked") or [])}
+    order = lambda e: rank.get(e["entity"], len(rank))  # noqa: E731
+    fields = {k: v for k, v in rec.items() if k != "key"}
+    fields.update(
+        entities=sorted([*rec["entities"], *got], key=order),
+        unconfirmed=sorted([*kept_before, *still], key=order),
+        drops=dict(drops),
+    )
+    ledger.add(key, **fields)
 
 
 async def run_entities_async(
@@ -136,7 +182,11 @@ async def run_entities_async(
     jobs = [(t.name, s.name) for t, s in taxonomy.pairs()]
 
     async def one(job: tuple[str, str]) -> None:
-        await ledgered(ledger, item_key(*job), lambda: _subtopic_work(cfg, backend, embedder, *job), cfg.retry_dropped)
+        key = item_key(*job)
+        earlier = ledger.get(key)  # checks that failed in an earlier run are retried, not this run's
+        await ledgered(ledger, key, lambda: _subtopic_work(cfg, backend, embedder, *job), cfg.retry_dropped)
+        if earlier is not None and earlier.get("status") == "done":
+            await _recheck(cfg, backend, ledger, key, *job)
 
     try:
         with manifest.timed("subtopics"):
@@ -157,6 +207,8 @@ async def run_entities_async(
         all_sims += rec["similarities"]
         for reason, n in rec["drops"].items():
             manifest.drop(reason, n)
+        for failed in rec.get("unconfirmed") or []:
+            manifest.drop(failed["reason"])
         for ent in rec["entities"]:
             key = normalize_text(ent["entity"])
             if key in taken:
