@@ -38,7 +38,7 @@ from instructengine.backends import (
     usage_since,
 )
 from instructengine.entities.config import EntitiesConfig
-from instructengine.runs import Manifest, StageDir, atomic_write_parquet, atomic_write_text
+from instructengine.runs import Manifest, StageDir, atomic_write_parquet, keep_nonempty, atomic_write_text
 from instructengine.taxonomy.model import Taxonomy
 from instructengine.taxonomy.review import load_reviewed_taxonomy
 
@@ -229,6 +229,7 @@ async def run_entities_async(
 
     table = pd.DataFrame(rows, columns=list(ENTITY_COLUMNS))
     table["similarity"] = table["similarity"].astype("float64")
+    keep_nonempty(stage.path("entities.parquet"), len(table), STAGE, _top_drops(manifest))
     out = atomic_write_parquet(stage.path("entities.parquet"), table)
     manifest.outputs["entities"] = str(out)
     manifest.count_out = len(table)
@@ -261,3 +262,7 @@ def read_entities(run_dir: str | Path) -> "Any":
 def run_entities(cfg: EntitiesConfig, run_dir: str | Path, backend: InstructionBackend, embedder: TextEmbedder) -> Manifest:
     """Synchronous wrapper of :func:`run_entities_async`."""
     return asyncio.run(run_entities_async(cfg, run_dir, backend, embedder))
+
+
+def _top_drops(manifest: Manifest) -> str:
+    return "dropped " + (", ".join(f"{r}: {n}" for r, n in manifest.dropped.most_common(3)) or "nothing: no input")

@@ -30,7 +30,7 @@ from instructengine.backends import (
 from instructengine.entities.stage import read_entities
 from instructengine.instructions.config import PairsConfig
 from instructengine.instructions.validate import check_pair
-from instructengine.runs import Manifest, StageDir, atomic_write_parquet
+from instructengine.runs import Manifest, StageDir, atomic_write_parquet, keep_nonempty
 
 __all__ = ["PAIR_COLUMNS", "STAGE", "dimensions_for", "read_pairs", "run_pairs", "run_pairs_async"]
 
@@ -125,6 +125,7 @@ async def run_pairs_async(
     import pandas as pd
 
     table = pd.DataFrame(rows, columns=list(PAIR_COLUMNS))
+    keep_nonempty(stage.path("pairs.parquet"), len(table), STAGE, _top_drops(manifest))
     out = atomic_write_parquet(stage.path("pairs.parquet"), table)
     manifest.outputs["pairs"] = str(out)
     manifest.count_out = len(table)
@@ -156,3 +157,7 @@ def read_pairs(run_dir: str | Path) -> Any:
 def run_pairs(cfg: PairsConfig, run_dir: str | Path, backend: InstructionBackend) -> Manifest:
     """Synchronous wrapper of :func:`run_pairs_async`."""
     return asyncio.run(run_pairs_async(cfg, run_dir, backend))
+
+
+def _top_drops(manifest: Manifest) -> str:
+    return "dropped " + (", ".join(f"{r}: {n}" for r, n in manifest.dropped.most_common(3)) or "nothing: no input")

@@ -41,7 +41,7 @@ from instructengine.backends import (
     run_bounded,
     usage_since,
 )
-from instructengine.runs import Manifest, StageDir, atomic_write_text
+from instructengine.runs import EmptyArtifactError, Manifest, StageDir, atomic_write_text
 from instructengine.taxonomy.config import TaxonomyConfig
 from instructengine.taxonomy.model import Subtopic, Taxonomy, Theme
 from instructengine.taxonomy.review import export_review
@@ -203,6 +203,17 @@ def _write_outputs(stage: StageDir, taxonomy: Taxonomy, manifest: Manifest) -> N
     tax_path, review_path = stage.path("taxonomy.json"), stage.path("review.csv")
     new_json = taxonomy.to_json()
     old_json = tax_path.read_text(encoding="utf-8") if tax_path.is_file() else None
+    if taxonomy.n_subtopics == 0 and old_json is not None:
+        try:
+            old_n = Taxonomy.model_validate_json(old_json).n_subtopics
+        except Exception:
+            old_n = 0
+        if old_n:
+            drops = ", ".join(f"{r}: {n}" for r, n in manifest.dropped.most_common(3)) or "no input"
+            raise EmptyArtifactError(
+                f"stage 'taxonomy' kept no subtopic (dropped {drops}), and {tax_path} holds {old_n} subtopics "
+                "from an earlier run: it was left as it is. Fix the cause and run the stage again"
+            )
     fresh_csv = export_review(taxonomy)
     status = "written"
     if review_path.is_file():
