@@ -409,3 +409,32 @@ def test_structured_output_modes(start_server, mode, expected):
     srv = start_server(responder)
     answer, _ = run(with_client(fast_cfg(srv, structured_output=mode, extra_body={"top_k": 5}), ask))
     assert answer.colours == ["red"] and seen == [expected]
+
+
+def test_concurrency_reaches_its_bound_out_of_process_and_survives_429s():
+    # the server in its own process (tests/server/serve.py): the bound is reached, and 30% of
+    # attempts answered 429 "Retry-After: 0.1" cost about their share, not a stall of the pool
+    from scripted_server import SubprocessServer
+
+    async def batch(url, offset):
+        cfg = LLMConfig(base_url=url, model="m", api_key_env="IE_TEST_KEY_UNSET", cache=False, concurrency=16)
+        async with ChatClient(cfg) as client:
+            t0 = time.perf_counter()
+            await asyncio.gather(*(ask(client, f"item {offset + i}") for i in range(160)))
+            return time.perf_counter() - t0
+
+    class Items(BaseModel):
+        items: list[str]
+
+    def ask(client, text):
+        return client.complete_json([user_message(text)], Items)
+
+    with SubprocessServer(latency_s=0.1) as srv:
+        clean = run(batch(srv.base_url, 0))
+        assert srv.stats()["max_in_flight"] == 16
+    with SubprocessServer(latency_s=0.1, fault_rate=0.3, retry_after="0.1", seed=2) as srv:
+        limited = run(batch(srv.base_url, 1000))
+        stats = srv.stats()
+    assert stats["statuses"].get("429", 0) > 20 and stats["max_in_flight"] == 16
+    # best possible 0.7 (1/0.7 attempts per request); a pool-wide pause measured ~0.1
+    assert clean / limited > 0.45, (clean, limited)
