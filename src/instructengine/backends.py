@@ -70,6 +70,7 @@ __all__ = [
     "should_redo",
     "stable_id",
     "usage_since",
+    "usage_totals",
 ]
 
 T = TypeVar("T")
@@ -132,6 +133,13 @@ def backend_usage(backend: Any) -> dict[str, Any]:
     """The backend's usage counters (requests, tokens, cost) or ``{}`` when it keeps none."""
     fn = getattr(backend, "usage", None)
     return dict(fn()) if callable(fn) else {}
+
+
+def usage_totals(backend: Any, schemas: list[str]) -> dict[str, Any]:
+    """Requests paid for these answer schemas over all runs of this run folder (a killed run's
+    included: each attempt is noted before it is sent), or ``{}`` when the backend keeps none."""
+    fn = getattr(backend, "usage_totals", None)
+    return dict(fn(schemas)) if callable(fn) else {}
 
 
 def usage_since(backend: Any, before: dict[str, Any]) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from instructengine.backends import (
     should_redo,
     stable_id,
     usage_since,
+    usage_totals,
 )
 from instructengine.entities.config import EntitiesConfig
 from instructengine.runs import Manifest, StageDir, atomic_write_parquet, keep_nonempty, atomic_write_text
@@ -240,6 +241,7 @@ async def run_entities_async(
         backend=fingerprint_of(backend),
         embedder=fingerprint_of(embedder),
         llm_usage=usage_since(backend, usage_before),
+        llm_usage_all_runs=usage_totals(backend, ["entities", "confirm_entity"]),
     )
     stage.write_manifest(manifest)
     return manifest

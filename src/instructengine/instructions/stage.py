@@ -26,6 +26,7 @@ from instructengine.backends import (
     run_bounded,
     stable_id,
     usage_since,
+    usage_totals,
 )
 from instructengine.entities.stage import read_entities
 from instructengine.instructions.config import PairsConfig
@@ -135,6 +136,7 @@ async def run_pairs_async(
         pairs_per_dimension={d: int((table["dimension"] == d).sum()) for d in cfg.dimensions},
         backend=fingerprint_of(backend),
         llm_usage=usage_since(backend, usage_before),
+        llm_usage_all_runs=usage_totals(backend, ["contrast_pairs"]),
     )
     stage.write_manifest(manifest)
     return manifest

@@ -48,7 +48,7 @@ from instructengine.llm.cache import ResponseCache, request_key
 from instructengine.llm.config import LLMConfig
 from instructengine.llm.errors import InvalidAnswerError, LLMUnavailableError, PermanentLLMError
 from instructengine.llm.ratelimit import Pacer
-from instructengine.llm.structured import AnswerProblem, _schema, parse_answer, repair_message, response_format
+from instructengine.llm.structured import AnswerProblem, _schema, parse_answer, repair_message, response_format, schema_name
 from instructengine.llm.usage import Usage
 
 __all__ = ["ChatClient", "RETRYABLE_STATUS", "parse_retry_after", "retry_after_from_headers", "should_retry"]
@@ -128,6 +128,7 @@ class ChatClient:
         self._sdk: Any = None
         self._extra_headers: dict[str, Any] = {}
         self._rng = random.Random()
+        self.run_id = f"{time.time():.6f}-{random.Random().getrandbits(32):08x}"  # this process's client
 
     def __repr__(self) -> str:  # never shows the key
         return f"ChatClient(url={self.url!r}, model={self.cfg.model!r}, concurrency={self.cfg.concurrency})"
@@ -225,7 +226,7 @@ class ChatClient:
         conversation = list(body["messages"])
         problem: AnswerProblem | None = None
         for _ in range(self.cfg.max_invalid_retries + 1):
-            envelope = await self._post({**body, "messages": conversation})
+            envelope = await self._post({**body, "messages": conversation}, key, schema_name(schema))
             choice = envelope["choices"][0]
             message = choice.get("message") or {}
             content = message.get("content")
@@ -287,7 +288,7 @@ class ChatClient:
             return None, "bad_response", None
         return envelope, "", None
 
-    async def _post(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def _post(self, body: dict[str, Any], key: str = "", tag: str = "") -> dict[str, Any]:
         cfg = self.cfg
         cause = "unknown"
         tries: dict[str, int] = {}
@@ -296,6 +297,8 @@ class ChatClient:
             async with self._semaphore:
                 await self._pacer.wait_turn()
                 self.usage.http_requests += 1
+                if self.cache is not None:
+                    self.cache.record_attempt(key, tag, self.run_id)
                 envelope, cause, wait = await self._attempt(body)
             if envelope is not None:
                 self.usage.answers += 1
@@ -333,6 +336,10 @@ class ChatClient:
         else:
             hint = "this status is not retried"
         return PermanentLLMError(status, self.url, self.cfg.model, message, hint)
+
+    def usage_totals(self, tags: list[str]) -> dict[str, int]:
+        """:meth:`ResponseCache.attempt_totals` (empty without a cache)."""
+        return self.cache.attempt_totals(tags) if self.cache is not None else {}
 
     def describe(self) -> dict[str, Any]:
         """What a manifest records about the client (never the key)."""

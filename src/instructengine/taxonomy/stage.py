@@ -40,6 +40,7 @@ from instructengine.backends import (
     normalize_text,
     run_bounded,
     usage_since,
+    usage_totals,
 )
 from instructengine.runs import EmptyArtifactError, Manifest, StageDir, atomic_write_text
 from instructengine.taxonomy.config import TaxonomyConfig
@@ -150,6 +151,7 @@ async def run_taxonomy_async(
         backend=fingerprint_of(backend),
         embedder=fingerprint_of(embedder),
         llm_usage=usage_since(backend, usage_before),
+        llm_usage_all_runs=usage_totals(backend, ["themes", "subtopics"]),
     )
     stage.write_manifest(manifest)
     return manifest
