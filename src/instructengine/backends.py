@@ -59,13 +59,16 @@ __all__ = [
     "clean_name",
     "fingerprint_of",
     "greedy_merge",
+    "is_transient",
     "item_key",
     "ledger_name",
     "ledgered",
     "normalize_text",
     "run_bounded",
+    "should_redo",
     "stable_id",
     "usage_since",
+    "usage_totals",
 ]
 
 T = TypeVar("T")
@@ -128,6 +131,13 @@ def backend_usage(backend: Any) -> dict[str, Any]:
     """The backend's usage counters (requests, tokens, cost) or ``{}`` when it keeps none."""
     fn = getattr(backend, "usage", None)
     return dict(fn()) if callable(fn) else {}
+
+
+def usage_totals(backend: Any, schemas: list[str]) -> dict[str, Any]:
+    """Requests paid for these answer schemas over all runs of this run folder (a killed run's
+    included: each attempt is noted before it is sent), or ``{}`` when the backend keeps none."""
+    fn = getattr(backend, "usage_totals", None)
+    return dict(fn(schemas)) if callable(fn) else {}
 
 
 def usage_since(backend: Any, before: dict[str, Any]) -> dict[str, Any]:
@@ -356,15 +366,29 @@ def greedy_merge(
     return kept, merged, left
 
 
+def is_transient(reason: str) -> bool:
+    """True for a drop that a later run may not repeat: the server was unavailable (429, 5xx,
+    timeouts, connection failures, broken bodies: ``unavailable:<cause>``). Invalid answers and
+    content filters are permanent: the same request would get the same answer."""
+    return str(reason).startswith("unavailable:")
+
+
+def should_redo(reason: str, retry_dropped: bool) -> bool:
+    """Whether a dropped item is tried again on this run: always when its drop was transient,
+    every drop with ``retry_dropped``."""
+    return retry_dropped or is_transient(reason)
+
+
 async def ledgered(ledger: Any, key: str, work: Callable[[], Awaitable[dict[str, Any]]], retry_dropped: bool = False) -> None:
     """Do one resumable item: skip it when ``ledger`` has it, else run ``work`` and record the result.
 
     ``work`` returns the fields to store (status "done"); a :class:`DropItem` it raises is stored
-    as status "dropped" with its reason, so a re-run neither repeats nor forgets it. With
-    ``retry_dropped`` a previously dropped item is tried again.
+    as status "dropped" with its reason. A re-run tries a dropped item again when the drop was
+    transient (:func:`is_transient`: the server was down or rate-limited), and every dropped item
+    with ``retry_dropped``; a permanent drop stays dropped (and counted).
     """
     rec = ledger.get(key)
-    if rec is not None and not (retry_dropped and rec.get("status") == "dropped"):
+    if rec is not None and not (rec.get("status") == "dropped" and should_redo(rec.get("reason", ""), retry_dropped)):
         return
     try:
         fields = await work()

@@ -165,12 +165,12 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError as err:
-        raise ConfigError(f"config file {str(p)!r} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+        raise ConfigError(f"config file {str(p)!r}: byte {err.start} is not UTF-8; save it as UTF-8") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"config file {str(p)!r} is not valid YAML{where}: {problem}") from None
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"config file {str(p)!r}:{where}: YAML syntax error: {what}") from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"config file {str(p)!r} must hold a YAML mapping, got {type(loaded).__name__}")
     return loaded
@@ -198,7 +198,8 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: Iterabl
     to the current directory.
 
     Raises:
-        ConfigError: missing file, YAML that is not a mapping, or a value that fails validation.
+        ConfigError: missing file, a YAML syntax error or non-UTF-8 bytes (with the line), YAML that
+            is not a mapping, or a value that fails validation.
     """
     data: dict[str, Any] = {}
     source = "defaults"

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 __all__ = [
+    "EmptyArtifactError",
     "Ledger",
     "Manifest",
     "StageDir",
@@ -86,6 +87,33 @@ def atomic_write_parquet(path: Path, table: Any) -> Path:
     buf = io.BytesIO()
     pq.write_table(table, buf)
     return atomic_write_bytes(path, buf.getvalue())
+
+
+class EmptyArtifactError(ValueError):
+    """A stage would replace an artifact that has rows with one that has none."""
+
+
+def keep_nonempty(path: Path, n_rows: int, stage: str, why: str = "") -> None:
+    """Refuse to let a stage replace a non-empty parquet artifact at ``path`` by an empty one
+    (an outage or a bad review file must not silently wipe good data).
+
+    Raises:
+        EmptyArtifactError: ``n_rows == 0`` while ``path`` holds rows; nothing is written.
+    """
+    path = Path(path)
+    if n_rows or not path.is_file():
+        return
+    import pyarrow.parquet as pq
+
+    try:
+        old = pq.ParquetFile(path).metadata.num_rows
+    except Exception:  # an unreadable old file is not good data worth keeping
+        return
+    if old:
+        raise EmptyArtifactError(
+            f"stage {stage!r} kept nothing{f' ({why})' if why else ''}, and {path} holds {old} rows from an "
+            "earlier run: it was left as it is. Fix the cause and run the stage again"
+        )
 
 
 def package_versions() -> dict[str, str]:

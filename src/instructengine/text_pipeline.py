@@ -108,9 +108,16 @@ class EmptyStageError(ValueError):
 def _require_output(name: str, manifest: Manifest) -> None:
     if manifest.count_out == 0:
         top = ", ".join(f"{reason}: {n}" for reason, n in manifest.dropped.most_common(4)) or "no items"
+        transient = sum(n for r, n in manifest.dropped.items() if "unavailable:" in r)
+        retry = (
+            f"{transient} drop(s) were the server being unavailable: they are retried by the next run "
+            "(just run it again once the server is back); "
+            if transient else ""
+        )
         raise EmptyStageError(
             f"stage {name!r} kept nothing (in {manifest.count_in}; dropped {top}); "
-            f"its manifest is in {manifest.stage}/manifest.json. Check the server, the model and the thresholds"
+            f"its manifest is in {manifest.stage}/manifest.json. {retry}"
+            f"Check the server, the model and the thresholds; {name}.retry_dropped=true retries every dropped item"
         )
 
 

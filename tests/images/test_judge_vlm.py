@@ -133,6 +133,49 @@ def test_top_level_llm_is_used_when_the_judge_has_none(selected_run, tmp_path):
         assert m.extra["llm"]["model"] == "top-level-model" and srv.total == m.count_in
 
 
+def test_judge_temperature_defaults_to_zero(selected_run, tmp_path):
+    run = _fresh(selected_run, tmp_path)
+    temps = []
+    with ScriptedServer(OracleVLM(), faults=lambda body, nth: temps.append(body["temperature"])) as srv:
+        # the top-level llm (temperature 1.0 for the text stages) is inherited: the judge still uses 0
+        run_judge(make_config(run, llm=_llm(srv), judge={"kind": "vlm"}))
+        assert set(temps) == {0.0}
+        temps.clear()
+        # a judge llm section without a temperature: 0 too; with one: that one
+        run_judge(make_config(run, judge={"kind": "vlm", "llm": _llm(srv, model="m2")}))
+        assert set(temps) == {0.0}
+        temps.clear()
+        run_judge(make_config(run, judge={"kind": "vlm", "llm": _llm(srv, model="m3", temperature=0.7)}))
+        assert set(temps) == {0.7}
+
+
+def test_vlm_down_pipeline_fails_naming_the_judge_then_recovers(selected_run, tmp_path, capsys):
+    import socket
+
+    from images_helpers import write_config
+
+    from instructengine.images.cli import main
+
+    run = _fresh(selected_run, tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    down = {"base_url": f"http://127.0.0.1:{port}/v1", "model": "scripted-vlm", "api_key_env": "IE_TEST_KEY_UNSET",
+            "max_connect_retries": 0}
+    path = write_config(make_config(run, judge={"kind": "vlm", "llm": down}), tmp_path / "down.yaml")
+    assert main(["judge", "--config", str(path)]) == 0  # every image judge_error: counted, not fatal yet
+    assert main(["dataset", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "stage 'dataset' has no sample" in err and "stage 'judge' kept none" in err
+    assert "judge_error:unavailable:connection" in err and "Traceback" not in err
+    assert not (run / "images" / "samples.parquet").exists()
+    with ScriptedServer(OracleVLM()) as srv:  # the server is back: a plain re-run judges them again
+        path = write_config(make_config(run, judge={"kind": "vlm", "llm": {**down, "base_url": srv.base_url}}), tmp_path / "up.yaml")
+        assert main(["judge", "--config", str(path)]) == 0 and srv.total > 0
+        assert main(["dataset", "--config", str(path)]) == 0
+    assert len(pd.read_parquet(run / "images" / "samples.parquet")) > 0
+
+
 def test_sigkill_mid_judge_then_rerun_repeats_no_answered_request(selected_run, tmp_path):
     _, truth = selected_run
     run = _fresh(selected_run, tmp_path)

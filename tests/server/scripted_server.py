@@ -15,6 +15,9 @@ times this exact body has been seen (1 for the first). Kinds: ``http_<status>`` 
 ``Retry-After`` header), ``timeout`` (the answer is delayed by ``timeout_sleep_s``),
 ``malformed`` (prose instead of JSON), ``truncated`` (JSON cut in half, finish_reason=length),
 ``badjson`` (the HTTP body itself is cut off mid-JSON).
+
+``GET /_stats`` returns the counters as JSON and ``POST /_reset`` clears them, so a server in
+another process (:class:`SubprocessServer`, ``python tests/server/serve.py``) can be measured.
 """
 
 from __future__ import annotations
@@ -110,6 +113,19 @@ class PersistentFaults:
         return kind
 
 
+def random_faults(rate: float, kind: str = "http_429", seed: int = 0) -> FaultPlan:
+    """Every attempt (retries included) fails with probability ``rate``, independently (seeded):
+    the fault rate a client sees stays ``rate`` however often it retries."""
+    import random
+
+    rng = random.Random(seed)
+
+    def plan(body: dict[str, Any], nth: int) -> str | None:
+        return kind if rng.random() < rate else None
+
+    return plan
+
+
 def first_of(*plans: FaultPlan | None) -> FaultPlan:
     """The first plan that injects a fault wins."""
 
@@ -135,8 +151,9 @@ class ScriptedServer:
         faults: FaultPlan | None = None,
         api_key: str | None = None,
         models: set[str] | None = None,
-        retry_after: str = "0.05",
+        retry_after: str | None = "0.05",
         timeout_sleep_s: float = 1.0,
+        fault_headers: dict[str, str] | None = None,
     ):
         self.responder = responder
         self.latency_s = latency_s
@@ -145,6 +162,7 @@ class ScriptedServer:
         self.models = models
         self.retry_after = retry_after
         self.timeout_sleep_s = timeout_sleep_s
+        self.fault_headers = dict(fault_headers or {})  # sent with every http_<status> fault
         self.counts: Counter[str] = Counter()
         self.answered: Counter[str] = Counter()
         self.item_counts: Counter[str] = Counter()
@@ -185,6 +203,18 @@ class ScriptedServer:
         def error(status: int, message: str, headers: dict[str, str] | None = None) -> Any:
             return JSONResponse({"error": {"message": message, "type": "scripted", "code": status}}, status, headers)
 
+        @app.get("/_stats")
+        async def stats() -> Any:
+            with self._lock:
+                statuses = Counter(str(e["status"]) for e in self.log)
+                return {"total": sum(self.counts.values()), "distinct": len(self.counts),
+                        "max_in_flight": self.max_in_flight, "statuses": dict(statuses)}
+
+        @app.post("/_reset")
+        async def reset() -> Any:
+            self.reset_counts()
+            return {"ok": True}
+
         @app.post("/v1/chat/completions")
         async def chat(request: Request) -> Any:
             raw = await request.body()
@@ -217,8 +247,9 @@ class ScriptedServer:
                 if fault and fault.startswith("http_"):
                     status = int(fault[5:])
                     entry["status"] = status
-                    headers = {"Retry-After": self.retry_after} if status == 429 else None
-                    return error(status, f"scripted {status}", headers)
+                    headers = {"Retry-After": self.retry_after} if status == 429 and self.retry_after is not None else {}
+                    headers.update(self.fault_headers)
+                    return error(status, f"scripted {status}", headers or None)
                 if fault == "timeout":
                     await asyncio.sleep(self.timeout_sleep_s)
                 answer = self.responder(body)
@@ -281,6 +312,66 @@ class ScriptedServer:
             self._server = None
 
     def __enter__(self) -> "ScriptedServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class SubprocessServer:
+    """The scripted server in a child process on 127.0.0.1 (``tests/server/serve.py``), so its CPU
+    time and event loop are not the client's: ``with SubprocessServer(latency_s=0.2) as srv``.
+
+    Answers ``{"items": [...]}`` to every request; ``fault_rate``/``fault`` inject
+    :func:`random_faults`. :meth:`stats` / :meth:`reset` read and clear its counters over HTTP.
+    """
+
+    def __init__(self, latency_s: float = 0.0, fault_rate: float = 0.0, fault: str = "http_429",
+                 retry_after: str = "0.1", seed: int = 0):
+        self.args = ["--latency", str(latency_s), "--fault-rate", str(fault_rate), "--fault", fault,
+                     "--retry-after", retry_after, "--seed", str(seed)]
+        self.proc: Any = None
+        self.port: int | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> "SubprocessServer":
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        script = Path(__file__).with_name("serve.py")
+        self.proc = subprocess.Popen([sys.executable, str(script), *self.args], stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if not line.startswith("PORT "):
+            self.stop()
+            raise RuntimeError(f"scripted server subprocess did not start (said {line!r})")
+        self.port = int(line.split()[1])
+        return self
+
+    def stats(self) -> dict[str, Any]:
+        import httpx
+
+        return httpx.get(f"http://127.0.0.1:{self.port}/_stats", timeout=10).json()
+
+    def reset(self) -> None:
+        import httpx
+
+        httpx.post(f"http://127.0.0.1:{self.port}/_reset", timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except Exception:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+    def __enter__(self) -> "SubprocessServer":
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

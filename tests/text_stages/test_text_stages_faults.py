@@ -32,7 +32,7 @@ def test_twenty_percent_faults_complete_and_count_every_drop(tmp_path):
     persistent = PersistentFaults(0.2, tuple(REASON), seed=1, only=("subtopics", "entities", "confirm_entity", "contrast_pairs"))
     transient = transient_faults(0.2, ("http_429", "http_503", "timeout", "badjson", "malformed", "truncated"), seed=2)
     with ScriptedServer(TextStageResponder(), faults=first_of(persistent, transient), timeout_sleep_s=0.6) as srv:
-        cfg = small_config(tmp_path / "run", srv.base_url, llm={"timeout_s": 0.3, "max_retries": 3, "max_invalid_retries": 1})
+        cfg = small_config(tmp_path / "run", srv.base_url, llm={"timeout_s": 0.3, "max_retries": 3, "max_timeout_retries": 3, "max_invalid_retries": 1})
         manifests = run_text_stages(cfg)
         faults_seen = Counter(e["fault"] for e in srv.log if e["fault"])
 

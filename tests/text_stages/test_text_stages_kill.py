@@ -1,6 +1,7 @@
 """SIGKILL in the middle of each text stage, then re-run: same artifacts as an uninterrupted run,
 and no request answered before the kill is sent again (the local server counts them)."""
 
+import json
 import os
 import signal
 import subprocess
@@ -69,6 +70,7 @@ def test_sigkill_mid_stage_then_resume(stage, slow_server, reference, tmp_path):
     cache.close()
     assert answered_before_kill
     counts_at_kill = dict(slow_server.counts)
+    log_at_kill = len(slow_server.log)
 
     run_text_stages(cfg)
 
@@ -84,3 +86,15 @@ def test_sigkill_mid_stage_then_resume(stage, slow_server, reference, tmp_path):
     asked = {e["key"] for e in log}
     assert len(asked) == len(ref_requests)
     assert len(log) - len(asked) <= cfg.llm.concurrency
+
+    # the manifests count what was paid over both runs, the killed one included
+    schemas = {"taxonomy": ["themes", "subtopics"], "entities": ["entities", "confirm_entity"], "instructions": ["contrast_pairs"]}
+    for name, kinds in schemas.items():
+        total = json.loads((Path(cfg.run_dir) / name / "manifest.json").read_text())["extra"]["llm_usage_all_runs"]
+        seen = [e for e in log if e["schema"] in kinds]
+        before = {e["key"] for e in slow_server.log[log_start:log_at_kill] if e["schema"] in kinds}
+        after = {e["key"] for e in slow_server.log[log_at_kill:] if e["schema"] in kinds}
+        # an attempt is noted just before it is sent: a kill in between notes one the server never saw
+        assert len(seen) <= total["http_requests"] <= len(seen) + cfg.llm.concurrency, name
+        assert total["runs"] == (2 if after and before else 1), name
+        assert len(before & after) <= total["requests_repeated_across_runs"] <= len(before & after) + cfg.llm.concurrency

@@ -28,7 +28,7 @@ class EntitiesConfig(Config):
     max_words: int = Field(8, ge=1, description="Entities with more words are dropped (too_long_name): they are descriptions.")
     confirm: bool = Field(True, description="Ask the backend to confirm each kept entity (yes/no).")
     concurrency: int = Field(64, ge=1, description="Subtopics worked on at once (HTTP concurrency is bounded by the client).")
-    retry_dropped: bool = Field(False, description="On resume, redo subtopics whose request was dropped in an earlier run.")
+    retry_dropped: bool = Field(False, description="On resume, redo every dropped subtopic request and failed confirmation, permanent drops (invalid answers) included; transient ones (server unavailable) are redone anyway.")
 
     @field_validator("subtopic_text", "entity_text")
     @classmethod

@@ -33,11 +33,13 @@ from instructengine.backends import (
     ledgered,
     normalize_text,
     run_bounded,
+    should_redo,
     stable_id,
     usage_since,
+    usage_totals,
 )
 from instructengine.entities.config import EntitiesConfig
-from instructengine.runs import Manifest, StageDir, atomic_write_parquet, atomic_write_text
+from instructengine.runs import Manifest, StageDir, atomic_write_parquet, keep_nonempty, atomic_write_text
 from instructengine.taxonomy.model import Taxonomy
 from instructengine.taxonomy.review import load_reviewed_taxonomy
 
@@ -93,22 +95,67 @@ async def _subtopic_work(
     else:
         kept = []
 
-    async def check(i: int) -> str | None:
-        if not cfg.confirm:
-            return None
+    candidates = [{"entity": names[i], "similarity": round(sims[i], 6)} for i in kept]
+    entities, unconfirmed = await _confirm(cfg, backend, theme, subtopic, candidates, drops)
+    return {
+        "proposed": len(proposed), "entities": entities, "unconfirmed": unconfirmed, "drops": dict(drops),
+        "checked": [c["entity"] for c in candidates],
+        "similarities": [round(s, 4) for s in sims],
+    }
+
+
+async def _confirm(
+    cfg: EntitiesConfig, backend: InstructionBackend, theme: str, subtopic: str,
+    candidates: list[dict[str, Any]], drops: Counter[str],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(confirmed entities, entities whose check failed, each with its ``reason``). A rejection
+    is counted in ``drops``; a failed check is kept apart so that a later run can retry it."""
+    if not cfg.confirm:
+        return candidates, []
+
+    async def check(ent: dict[str, Any]) -> str | None:
         try:
-            return None if await backend.confirm_entity(theme, subtopic, names[i]) else "rejected_by_check"
+            return None if await backend.confirm_entity(theme, subtopic, ent["entity"]) else "rejected_by_check"
         except DropItem as drop:
             return f"confirm:{drop.reason}"
 
-    verdicts = await asyncio.gather(*(check(i) for i in kept))
-    entities = []
-    for i, verdict in zip(kept, verdicts):
+    verdicts = await asyncio.gather(*(check(e) for e in candidates))
+    entities, unconfirmed = [], []
+    for ent, verdict in zip(candidates, verdicts):
         if verdict is None:
-            entities.append({"entity": names[i], "similarity": round(sims[i], 6)})
-        else:
+            entities.append(ent)
+        elif verdict == "rejected_by_check":
             drops[verdict] += 1
-    return {"proposed": len(proposed), "entities": entities, "drops": dict(drops), "similarities": [round(s, 4) for s in sims]}
+        else:
+            unconfirmed.append({**ent, "reason": verdict})
+    return entities, unconfirmed
+
+
+async def _recheck(
+    cfg: EntitiesConfig, backend: InstructionBackend, ledger: Any, key: str, theme: str, subtopic: str
+) -> None:
+    """Retry the failed confirmations of a finished subtopic (transient ones always, all with
+    ``retry_dropped``) and store the subtopic's record again with the outcome, in the same order."""
+    rec = ledger.get(key)
+    if rec is None or rec.get("status") != "done":
+        return
+    unconfirmed = rec.get("unconfirmed") or []
+    redo = [u for u in unconfirmed if should_redo(u["reason"].removeprefix("confirm:"), cfg.retry_dropped)]
+    if not redo:
+        return
+    drops: Counter[str] = Counter(rec["drops"])
+    got, still = await _confirm(cfg, backend, theme, subtopic, [{k: u[k] for k in ("entity", "similarity")} for u in redo], drops)
+    kept_before = [u for u in unconfirmed if u not in redo]
+    # the filter's order (that of an uninterrupted run), not the order checks came back in
+    rank = {name: i for i, name in enumerate(rec.get("checked") or [])}
+    order = lambda e: rank.get(e["entity"], len(rank))  # noqa: E731
+    fields = {k: v for k, v in rec.items() if k != "key"}
+    fields.update(
+        entities=sorted([*rec["entities"], *got], key=order),
+        unconfirmed=sorted([*kept_before, *still], key=order),
+        drops=dict(drops),
+    )
+    ledger.add(key, **fields)
 
 
 async def run_entities_async(
@@ -136,7 +183,11 @@ async def run_entities_async(
     jobs = [(t.name, s.name) for t, s in taxonomy.pairs()]
 
     async def one(job: tuple[str, str]) -> None:
-        await ledgered(ledger, item_key(*job), lambda: _subtopic_work(cfg, backend, embedder, *job), cfg.retry_dropped)
+        key = item_key(*job)
+        earlier = ledger.get(key)  # checks that failed in an earlier run are retried, not this run's
+        await ledgered(ledger, key, lambda: _subtopic_work(cfg, backend, embedder, *job), cfg.retry_dropped)
+        if earlier is not None and earlier.get("status") == "done":
+            await _recheck(cfg, backend, ledger, key, *job)
 
     try:
         with manifest.timed("subtopics"):
@@ -157,6 +208,8 @@ async def run_entities_async(
         all_sims += rec["similarities"]
         for reason, n in rec["drops"].items():
             manifest.drop(reason, n)
+        for failed in rec.get("unconfirmed") or []:
+            manifest.drop(failed["reason"])
         for ent in rec["entities"]:
             key = normalize_text(ent["entity"])
             if key in taken:
@@ -177,6 +230,7 @@ async def run_entities_async(
 
     table = pd.DataFrame(rows, columns=list(ENTITY_COLUMNS))
     table["similarity"] = table["similarity"].astype("float64")
+    keep_nonempty(stage.path("entities.parquet"), len(table), STAGE, _top_drops(manifest))
     out = atomic_write_parquet(stage.path("entities.parquet"), table)
     manifest.outputs["entities"] = str(out)
     manifest.count_out = len(table)
@@ -187,6 +241,7 @@ async def run_entities_async(
         backend=fingerprint_of(backend),
         embedder=fingerprint_of(embedder),
         llm_usage=usage_since(backend, usage_before),
+        llm_usage_all_runs=usage_totals(backend, ["entities", "confirm_entity"]),
     )
     stage.write_manifest(manifest)
     return manifest
@@ -209,3 +264,7 @@ def read_entities(run_dir: str | Path) -> "Any":
 def run_entities(cfg: EntitiesConfig, run_dir: str | Path, backend: InstructionBackend, embedder: TextEmbedder) -> Manifest:
     """Synchronous wrapper of :func:`run_entities_async`."""
     return asyncio.run(run_entities_async(cfg, run_dir, backend, embedder))
+
+
+def _top_drops(manifest: Manifest) -> str:
+    return "dropped " + (", ".join(f"{r}: {n}" for r, n in manifest.dropped.most_common(3)) or "nothing: no input")

@@ -24,7 +24,26 @@ from instructengine.images.config import DataPipelineConfig
 from instructengine.images.files import instruction_id, link_or_copy
 from instructengine.runs import Manifest, StageDir, atomic_write_parquet
 
-__all__ = ["load_dataset", "run_dataset"]
+__all__ = ["EmptyDatasetError", "load_dataset", "run_dataset"]
+
+
+class EmptyDatasetError(RuntimeError):
+    """The dataset stage would write no sample; the message names the stage that lost them and why."""
+
+
+def _empty_cause(manifest: Manifest, judged: Any) -> str:
+    drops = ", ".join(f"{r}: {n}" for r, n in manifest.dropped.most_common(3)) or "no pairs"
+    reasons = judged["reason"].value_counts() if len(judged) else None
+    judge = ""
+    if reasons is not None and "ok" not in reasons.index:
+        top = ", ".join(f"{r}: {n}" for r, n in reasons.head(3).items())
+        judge = f"; stage 'judge' kept none of its {len(judged)} images ({top})"
+        if any(str(r).startswith("judge_error:unavailable:") for r in reasons.index):
+            judge += " - the VLM server was unavailable; run again once it is back (those images are judged again)"
+    return (
+        f"stage 'dataset' has no sample (in {manifest.count_in} pairs; dropped {drops}){judge}. "
+        f"samples.parquet was not written; the manifest is in {manifest.stage}/manifest.json"
+    )
 
 
 def _which(bad1: bool, bad2: bool) -> str:
@@ -37,6 +56,7 @@ def run_dataset(cfg: DataPipelineConfig, log: Callable[[str], None] = lambda s: 
     Raises:
         FileNotFoundError: an earlier stage's table is missing.
         RuntimeError: a selected image has no verdict (the judge stage did not finish).
+        EmptyDatasetError: no pair became a sample (its manifest is written, samples.parquet not).
     """
     import pandas as pd
 
@@ -104,6 +124,9 @@ def run_dataset(cfg: DataPipelineConfig, log: Callable[[str], None] = lambda s: 
     table = pd.DataFrame(rows, columns=columns).astype(
         {"seed_1": "int64", "seed_2": "int64", "score_1": "float64", "score_2": "float64"}
     )
+    if table.empty:
+        stage.write_manifest(manifest)
+        raise EmptyDatasetError(_empty_cause(manifest, judged))
     validate_samples(table, str(stage.path("samples.parquet")))
     removed = _prune(stage.root / "images", {r["image_1"] for r in rows} | {r["image_2"] for r in rows}, stage.root)
     manifest.outputs["samples"] = str(atomic_write_parquet(stage.path("samples.parquet"), table))

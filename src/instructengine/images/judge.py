@@ -7,7 +7,10 @@ Judges (one protocol, ``fingerprint`` + ``async judge_many([(image_path, prompt)
   files ``prompts/judge_system.jinja`` / ``judge_image.jinja``). Answers are cached in SQLite
   (``<run_dir>/judge/llm_cache.sqlite``), so a re-run asks nothing already answered. An item the
   client gives up on (retries exhausted, answer still malformed) is dropped with reason
-  ``judge_error:<client reason>``; a permanent error (bad key, unknown model) aborts the stage.
+  ``judge_error:<client reason>``; the next run judges again those whose cause was transient
+  (``judge_error:unavailable:*``), and all of them with ``judge.retry_dropped``. A permanent error
+  (bad key, unknown model) aborts the stage. The judge runs at temperature 0 unless
+  ``judge.llm`` sets one.
 * :class:`KeepAllJudge` - keeps everything (``judge.kind: none``);
 * any judge a bundle registers (ShapesWorld's exact oracle: ``judge.kind: shapes_oracle``).
 
@@ -153,7 +156,12 @@ def make_vlm_judge(cfg: DataPipelineConfig, stage_root: Path) -> VLMJudge:
     """``judge.kind: vlm``: the VLM judge on the pipeline's (or the judge's own) LLM settings."""
     from instructengine.llm import build_client
 
-    return VLMJudge(build_client(cfg.judge_llm(), stage_root), cfg.judge)
+    llm = cfg.judge_llm()
+    if cfg.judge.llm is None or "temperature" not in cfg.judge.llm.model_fields_set:
+        # a judge should be repeatable: temperature 0 unless its own llm section sets one
+        # (the text stages' 1.0 is for diverse proposals, not for verdicts)
+        llm = llm.model_copy(update={"temperature": 0.0})
+    return VLMJudge(build_client(llm, stage_root), cfg.judge)
 
 
 def make_keep_all_judge(cfg: DataPipelineConfig, stage_root: Path) -> KeepAllJudge:
@@ -193,11 +201,12 @@ async def run_judge_async(
     verdicts: dict[str, Verdict] = {}
     for rec in ledger.records():
         verdicts.update({iid: Verdict(*v) for iid, v in rec["verdicts"].items()})
-    retry = cfg.judge.retry_dropped
-    todo = [
-        r for r in selected.itertuples(index=False)
-        if r.instruction_id not in verdicts or (retry and verdicts[r.instruction_id].reason.startswith("judge_error"))
-    ]
+    from instructengine.backends import should_redo
+
+    def redo(v: Verdict) -> bool:  # transient judge errors always, every judge error with retry_dropped
+        return v.reason.startswith("judge_error:") and should_redo(v.reason.removeprefix("judge_error:"), cfg.judge.retry_dropped)
+
+    todo = [r for r in selected.itertuples(index=False) if r.instruction_id not in verdicts or redo(verdicts[r.instruction_id])]
     log(f"[judge] {len(selected)} selected images, {len(todo)} to judge ({judge.fingerprint})")
     root = Path(cfg.run_dir) / "candidates"
     size = cfg.judge.chunk_size

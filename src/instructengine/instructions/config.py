@@ -33,7 +33,7 @@ class PairsConfig(Config):
     max_words: int = Field(60, ge=1, description="Instructions with more words are dropped (too_long); CLIP reads 77 tokens.")
     require_entity: bool = Field(True, description="Both instructions must mention the entity (missing_entity otherwise).")
     concurrency: int = Field(64, ge=1, description="Requests this stage keeps in flight (the client also bounds HTTP concurrency).")
-    retry_dropped: bool = Field(False, description="On resume, redo requests that were dropped in an earlier run.")
+    retry_dropped: bool = Field(False, description="On resume, redo every dropped request, permanent drops (invalid answers) included; transient ones (server unavailable) are redone anyway.")
 
     @model_validator(mode="after")
     def _check(self) -> "PairsConfig":

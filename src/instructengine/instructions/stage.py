@@ -26,11 +26,12 @@ from instructengine.backends import (
     run_bounded,
     stable_id,
     usage_since,
+    usage_totals,
 )
 from instructengine.entities.stage import read_entities
 from instructengine.instructions.config import PairsConfig
 from instructengine.instructions.validate import check_pair
-from instructengine.runs import Manifest, StageDir, atomic_write_parquet
+from instructengine.runs import Manifest, StageDir, atomic_write_parquet, keep_nonempty
 
 __all__ = ["PAIR_COLUMNS", "STAGE", "dimensions_for", "read_pairs", "run_pairs", "run_pairs_async"]
 
@@ -125,6 +126,7 @@ async def run_pairs_async(
     import pandas as pd
 
     table = pd.DataFrame(rows, columns=list(PAIR_COLUMNS))
+    keep_nonempty(stage.path("pairs.parquet"), len(table), STAGE, _top_drops(manifest))
     out = atomic_write_parquet(stage.path("pairs.parquet"), table)
     manifest.outputs["pairs"] = str(out)
     manifest.count_out = len(table)
@@ -134,6 +136,7 @@ async def run_pairs_async(
         pairs_per_dimension={d: int((table["dimension"] == d).sum()) for d in cfg.dimensions},
         backend=fingerprint_of(backend),
         llm_usage=usage_since(backend, usage_before),
+        llm_usage_all_runs=usage_totals(backend, ["contrast_pairs"]),
     )
     stage.write_manifest(manifest)
     return manifest
@@ -156,3 +159,7 @@ def read_pairs(run_dir: str | Path) -> Any:
 def run_pairs(cfg: PairsConfig, run_dir: str | Path, backend: InstructionBackend) -> Manifest:
     """Synchronous wrapper of :func:`run_pairs_async`."""
     return asyncio.run(run_pairs_async(cfg, run_dir, backend))
+
+
+def _top_drops(manifest: Manifest) -> str:
+    return "dropped " + (", ".join(f"{r}: {n}" for r, n in manifest.dropped.most_common(3)) or "nothing: no input")

@@ -36,6 +36,10 @@ class LLMInstructionBackend:
     def usage(self) -> dict[str, Any]:
         return self.client.usage.snapshot()
 
+    def usage_totals(self, schemas: list[str]) -> dict[str, int]:
+        """HTTP requests for these answer schemas over every run sharing the cache (see the client)."""
+        return self.client.usage_totals(schemas)
+
     def _seed(self, sample: int) -> int | None:
         base = self.client.cfg.seed
         return None if base is None else base + sample

@@ -41,6 +41,8 @@ class ResponseCache:
             " key TEXT PRIMARY KEY, model TEXT NOT NULL, request TEXT NOT NULL,"
             " content TEXT NOT NULL, usage TEXT NOT NULL, created REAL NOT NULL)"
         )
+        # one row per HTTP attempt, written before it is sent: what was paid survives a kill
+        self._db.execute("CREATE TABLE IF NOT EXISTS attempts (key TEXT NOT NULL, tag TEXT NOT NULL, run TEXT NOT NULL, t REAL NOT NULL)")
 
     def get(self, key: str) -> dict[str, Any] | None:
         row = self._db.execute("SELECT content, usage FROM answers WHERE key = ?", (key,)).fetchone()
@@ -53,6 +55,20 @@ class ResponseCache:
             "INSERT OR REPLACE INTO answers (key, model, request, content, usage, created) VALUES (?, ?, ?, ?, ?, ?)",
             (key, model, json.dumps(request, sort_keys=True, ensure_ascii=False), content, json.dumps(usage), time.time()),
         )
+
+    def record_attempt(self, key: str, tag: str, run: str) -> None:
+        """Note one HTTP attempt of request ``key`` (``tag``: its schema name) by process run ``run``."""
+        self._db.execute("INSERT INTO attempts (key, tag, run, t) VALUES (?, ?, ?, ?)", (key, tag, run, time.time()))
+
+    def attempt_totals(self, tags: list[str]) -> dict[str, int]:
+        """Over every run that used this cache, for requests with these tags: HTTP attempts,
+        runs, and requests sent by more than one run (repeated after a kill or an outage)."""
+        marks = ",".join("?" * len(tags))
+        total, runs = self._db.execute(f"SELECT COUNT(*), COUNT(DISTINCT run) FROM attempts WHERE tag IN ({marks})", tags).fetchone()
+        repeated = self._db.execute(
+            f"SELECT COUNT(*) FROM (SELECT key FROM attempts WHERE tag IN ({marks}) GROUP BY key HAVING COUNT(DISTINCT run) > 1)", tags
+        ).fetchone()[0]
+        return {"http_requests": int(total), "runs": int(runs), "requests_repeated_across_runs": int(repeated)}
 
     def requests(self) -> list[dict[str, Any]]:
         """Every stored request body (for inspection and tests)."""

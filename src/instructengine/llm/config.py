@@ -44,14 +44,34 @@ class LLMConfig(Config):
     requests_per_minute: float | None = Field(
         None, gt=0, description="Optional rate limit: request starts are spaced 60/rpm seconds apart."
     )
-    timeout_s: float = Field(120.0, gt=0, description="Timeout of one HTTP attempt (connect + read), seconds.")
-    max_retries: int = Field(
-        6, ge=0, description="Retries of one request after 429/5xx/timeouts/connection errors before the item is dropped."
+    timeout_s: float = Field(
+        120.0, gt=0,
+        description="Read timeout of one HTTP attempt: the longest wait for the server's answer once connected, seconds.",
     )
-    backoff_base_s: float = Field(1.0, ge=0, description="First retry delay; doubles per retry (with jitter).")
+    connect_timeout_s: float = Field(
+        10.0, gt=0, description="Connect timeout of one HTTP attempt (TCP + TLS), seconds; kept short so a dead host fails fast."
+    )
+    max_retries: int = Field(
+        6, ge=0, description="Retries of one request after 429/5xx/408/409 or a broken answer body before the item is dropped."
+    )
+    max_timeout_retries: int = Field(
+        1, ge=0,
+        description="Retries after a read timeout (a silent server costs (1 + this) x timeout_s per item); "
+        "counted within max_retries.",
+    )
+    max_connect_retries: int = Field(
+        2, ge=0,
+        description="Retries after a failure to connect (refused, unreachable, connect timeout): a server that is down "
+        "drops its items within seconds, and the next run retries them. Counted within max_retries.",
+    )
+    backoff_base_s: float = Field(
+        1.0, ge=0, description="First retry delay when the server names none; doubles per retry (with jitter)."
+    )
     backoff_max_s: float = Field(60.0, ge=0, description="Upper bound of the exponential backoff delay.")
     max_retry_after_s: float = Field(
-        300.0, ge=0, description="Longest Retry-After the client honours; longer values are cut to this."
+        120.0, ge=0,
+        description="Longest server-requested wait (retry-after-ms / Retry-After) the client waits out; a longer one "
+        "drops the item at once as unavailable (retried by the next run), as the openai SDK gives up.",
     )
     max_invalid_retries: int = Field(
         2,

@@ -1,4 +1,9 @@
-"""Request pacing for the chat client: a requests-per-minute limit and a shared Retry-After pause."""
+"""Request pacing for the chat client: an optional requests-per-minute limit.
+
+A server's 429 + Retry-After is handled per request by the client (that request waits what the
+server asked; the others go on): a pause shared by every worker turned each 429 into a stall of
+the whole pool, slower than serial at a 30% rate-limit rate.
+"""
 
 from __future__ import annotations
 
@@ -8,24 +13,15 @@ __all__ = ["Pacer"]
 
 
 class Pacer:
-    """Spaces request starts at least ``60 / requests_per_minute`` seconds apart (no bursts), and
-    holds every request back while a server-requested pause (Retry-After on a 429) is running:
-    when the server says "slow down", all workers slow down, not only the one that was told."""
+    """Spaces request starts at least ``60 / requests_per_minute`` seconds apart (no bursts)."""
 
     def __init__(self, requests_per_minute: float | None = None):
         self.interval = 60.0 / requests_per_minute if requests_per_minute else 0.0
         self._next_start = 0.0
-        self._paused_until = 0.0
-
-    def pause_for(self, seconds: float) -> None:
-        loop = asyncio.get_running_loop()
-        self._paused_until = max(self._paused_until, loop.time() + seconds)
 
     async def wait_turn(self) -> None:
-        loop = asyncio.get_running_loop()
-        while (delay := self._paused_until - loop.time()) > 0:
-            await asyncio.sleep(delay)
         if self.interval:
+            loop = asyncio.get_running_loop()
             now = loop.time()
             start = max(now, self._next_start)  # reserve the next free slot (no await in between)
             self._next_start = start + self.interval

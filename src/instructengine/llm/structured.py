@@ -12,13 +12,15 @@ Every way an answer can be wrong gets a short kind (the drop reason's suffix):
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import re
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-__all__ = ["AnswerProblem", "parse_answer", "repair_message", "response_format", "schema_of"]
+__all__ = ["AnswerProblem", "parse_answer", "repair_message", "response_format", "schema_of", "strict_schema_of"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -34,17 +36,37 @@ class AnswerProblem(ValueError):
         self.detail = detail
 
 
-def schema_of(model: type[BaseModel]) -> dict[str, Any]:
+@functools.lru_cache(maxsize=None)
+def _schema(model: type[BaseModel]) -> dict[str, Any]:
     return model.model_json_schema()
 
 
+def schema_of(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON schema (computed once per model; a copy, so callers may change it)."""
+    return copy.deepcopy(_schema(model))
+
+
+@functools.lru_cache(maxsize=None)
+def _strict_schema(model: type[BaseModel]) -> dict[str, Any]:
+    from openai.lib._pydantic import to_strict_json_schema
+
+    return to_strict_json_schema(model)
+
+
+def strict_schema_of(model: type[BaseModel]) -> dict[str, Any]:
+    """The schema in the subset OpenAI's strict mode accepts, made by the openai SDK's own helper
+    (the one ``client.chat.completions.parse`` uses): every object ``additionalProperties:
+    false``, every property required (a field with a default is still always answered), nested
+    definitions and references included."""
+    return copy.deepcopy(_strict_schema(model))
+
+
 def response_format(model: type[BaseModel], mode: str, strict: bool = False) -> dict[str, Any] | None:
-    """The ``response_format`` request field for ``mode`` (json_schema, json_object or none)."""
+    """The ``response_format`` request field for ``mode`` (json_schema, json_object or none);
+    with ``strict`` the schema is :func:`strict_schema_of`'s."""
     if mode == "json_schema":
-        return {
-            "type": "json_schema",
-            "json_schema": {"name": schema_name(model), "schema": schema_of(model), "strict": strict},
-        }
+        schema = _strict_schema(model) if strict else _schema(model)
+        return {"type": "json_schema", "json_schema": {"name": schema_name(model), "schema": schema, "strict": strict}}
     if mode == "json_object":
         return {"type": "json_object"}
     return None

@@ -30,7 +30,7 @@ class TaxonomyConfig(Config):
         0.9, ge=-1, le=1.0001, description="Embedding cosine at or above which two names count as one (later merged into earlier)."
     )
     concurrency: int = Field(64, ge=1, description="Requests this stage keeps in flight (the client also bounds HTTP concurrency).")
-    retry_dropped: bool = Field(False, description="On resume, redo requests that were dropped in an earlier run.")
+    retry_dropped: bool = Field(False, description="On resume, redo every dropped request, permanent drops (invalid answers) included; transient ones (server unavailable) are redone anyway.")
 
     @field_validator("seeds", "axes")
     @classmethod

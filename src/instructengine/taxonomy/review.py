@@ -73,7 +73,13 @@ def export_review(taxonomy: Taxonomy) -> str:
 def read_review(path: str | Path) -> list[ReviewRow]:
     """Parse review.csv (UTF-8, with or without a BOM, as spreadsheets write it)."""
     p = Path(path)
-    text = p.read_text(encoding="utf-8-sig")
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ReviewError(
+            f"{p}: byte {err.start} is not UTF-8 ({err.reason}); save the file as CSV UTF-8 "
+            "(in Excel: 'CSV UTF-8 (comma delimited)', in LibreOffice: character set 'Unicode (UTF-8)')"
+        ) from None
     reader = csv.DictReader(io.StringIO(text))
     header = [h.strip() for h in (reader.fieldnames or [])]
     missing = [c for c in COLUMNS if c not in header]
@@ -85,6 +91,11 @@ def read_review(path: str | Path) -> list[ReviewRow]:
         if not any(rec.get(c) for c in COLUMNS):
             continue  # blank line
         rows.append(ReviewRow(n, *(rec.get(c, "") for c in COLUMNS)))
+    if not rows:
+        raise ReviewError(
+            f"{p}: no rows under the header, which would delete every theme; restore the rows (delete the "
+            "file and re-run the taxonomy stage to get a fresh one), or mark themes action=delete one by one"
+        )
     return rows
 
 

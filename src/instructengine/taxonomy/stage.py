@@ -40,8 +40,9 @@ from instructengine.backends import (
     normalize_text,
     run_bounded,
     usage_since,
+    usage_totals,
 )
-from instructengine.runs import Manifest, StageDir, atomic_write_text
+from instructengine.runs import EmptyArtifactError, Manifest, StageDir, atomic_write_text
 from instructengine.taxonomy.config import TaxonomyConfig
 from instructengine.taxonomy.model import Subtopic, Taxonomy, Theme
 from instructengine.taxonomy.review import export_review
@@ -150,6 +151,7 @@ async def run_taxonomy_async(
         backend=fingerprint_of(backend),
         embedder=fingerprint_of(embedder),
         llm_usage=usage_since(backend, usage_before),
+        llm_usage_all_runs=usage_totals(backend, ["themes", "subtopics"]),
     )
     stage.write_manifest(manifest)
     return manifest
@@ -203,6 +205,17 @@ def _write_outputs(stage: StageDir, taxonomy: Taxonomy, manifest: Manifest) -> N
     tax_path, review_path = stage.path("taxonomy.json"), stage.path("review.csv")
     new_json = taxonomy.to_json()
     old_json = tax_path.read_text(encoding="utf-8") if tax_path.is_file() else None
+    if taxonomy.n_subtopics == 0 and old_json is not None:
+        try:
+            old_n = Taxonomy.model_validate_json(old_json).n_subtopics
+        except Exception:
+            old_n = 0
+        if old_n:
+            drops = ", ".join(f"{r}: {n}" for r, n in manifest.dropped.most_common(3)) or "no input"
+            raise EmptyArtifactError(
+                f"stage 'taxonomy' kept no subtopic (dropped {drops}), and {tax_path} holds {old_n} subtopics "
+                "from an earlier run: it was left as it is. Fix the cause and run the stage again"
+            )
     fresh_csv = export_review(taxonomy)
     status = "written"
     if review_path.is_file():
