@@ -2,7 +2,8 @@
 
 Builds a throw-away study (2 systems, tiny PNGs), starts ``instructengine review serve`` in a
 separate process (a real uvicorn server on 127.0.0.1), and runs every annotator as its own
-client (own connection) that repeatedly fetches its next task and votes on it, re-sending a
+client (own connection) that repeatedly fetches its next task and both its images (the app
+takes a vote only for the task served, once its images were fetched) and votes on it, re-sending a
 share of its votes (as a flaky network would) to check idempotency. Then it reads the database
 and checks that every vote is persisted exactly once, with the choice the client sent.
 
@@ -67,7 +68,7 @@ async def _annotator(base: str, token: str, criteria: list[str], dup_rate: float
 
     rng = random.Random(seed)
     sent: dict[int, str] = {}
-    vote_ms, state_ms, errors, dup_acks = [], [], [], 0
+    vote_ms, state_ms, image_ms, errors, dup_acks = [], [], [], [], 0
     async with httpx.AsyncClient(base_url=base, timeout=60) as client:
         while True:
             t0 = time.perf_counter()
@@ -79,6 +80,12 @@ async def _annotator(base: str, token: str, criteria: list[str], dup_rate: float
             task = r.json()["task"]
             if task is None:
                 break
+            for side in ("left", "right"):  # as the page does: votes are taken once both images were fetched
+                t0 = time.perf_counter()
+                img = await client.get(task[side])
+                image_ms.append(1000 * (time.perf_counter() - t0))
+                if img.status_code != 200:
+                    errors.append(f"image {img.status_code}: {img.text[:200]}")
             choice = rng.choice(["left", "right", "tie", "both_bad"])
             body = {"task_id": task["id"], "choice": choice, "criteria": {c: rng.choice(["left", "right"]) for c in criteria}}
             t0 = time.perf_counter()
@@ -96,7 +103,8 @@ async def _annotator(base: str, token: str, criteria: list[str], dup_rate: float
                     dup_acks += 1
                 else:
                     errors.append(f"duplicate {r.status_code}: {r.text[:200]}")
-    out[token] = {"sent": sent, "vote_ms": vote_ms, "state_ms": state_ms, "errors": errors, "dup_acks": dup_acks}
+    out[token] = {"sent": sent, "vote_ms": vote_ms, "state_ms": state_ms, "image_ms": image_ms, "errors": errors,
+                  "dup_acks": dup_acks}
 
 
 async def _drive(base: str, tokens: list[str], criteria: list[str], dup_rate: float) -> tuple[dict, float]:
@@ -141,7 +149,8 @@ def run_load(annotators: int = 20, votes: int = 50, dup_rate: float = 0.1, work_
     overrides = [f"study_dir={root / 'study'}", f"database_url={database_url}", f"server.port={port}",
                  "study.runs=[" + ",".join(map(str, runs)) + "]",
                  "study.annotators=[" + ",".join(f"load-{i:03d}" for i in range(annotators)) + "]",
-                 f"study.annotators_per_item={per_item}", f"study.name=load-test-{time.strftime('%Y%m%d-%H%M%S')}-{port}"]
+                 f"study.annotators_per_item={per_item}", "study.protocol=custom",
+                 "study.criteria=[consistency,aesthetics,realism]", f"study.name=load-test-{time.strftime('%Y%m%d-%H%M%S')}-{port}"]
     cfg = load_config(ReviewConfig, None, overrides)
     made = create_study(cfg)
     log = open(root / "server.log", "w")
@@ -151,7 +160,7 @@ def run_load(annotators: int = 20, votes: int = 50, dup_rate: float = 0.1, work_
     try:
         _wait_up(base, proc)
         tokens = list(made.annotator_tokens.values())
-        out, wall = asyncio.run(_drive(base, tokens, list(cfg.study.criteria), dup_rate))
+        out, wall = asyncio.run(_drive(base, tokens, cfg.study.resolved_criteria(), dup_rate))
     finally:
         proc.terminate()
         try:
@@ -175,6 +184,7 @@ def run_load(annotators: int = 20, votes: int = 50, dup_rate: float = 0.1, work_
     sent = {tid: c for o in out.values() for tid, c in o["sent"].items()}
     vote_ms = [x for o in out.values() for x in o["vote_ms"]]
     state_ms = [x for o in out.values() for x in o["state_ms"]]
+    image_ms = [x for o in out.values() for x in o["image_ms"]]
     errors = [e for o in out.values() for e in o["errors"]]
     expected = annotators * votes
     report = {
@@ -191,6 +201,7 @@ def run_load(annotators: int = 20, votes: int = 50, dup_rate: float = 0.1, work_
             "mean": round(statistics.fmean(vote_ms), 2),
         } if vote_ms else None,
         "state_latency_ms": {"p50": round(_percentile(state_ms, 0.5), 2), "p95": round(_percentile(state_ms, 0.95), 2)} if state_ms else None,
+        "image_latency_ms": {"p50": round(_percentile(image_ms, 0.5), 2), "p95": round(_percentile(image_ms, 0.95), 2)} if image_ms else None,
         "wall_s": round(wall, 2), "votes_per_s": round(len(vote_ms) / wall, 1) if wall else None,
         "database": "sqlite (WAL)" if made.database_url.startswith("sqlite") else made.database_url.split(":")[0],
         "cpus": os.cpu_count(),

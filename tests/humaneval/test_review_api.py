@@ -12,7 +12,7 @@ import pytest
 from instructengine.humaneval.server import background_server
 from instructengine.humaneval.study import create_study
 
-from .evaldirs import build_eval_run, review_config
+from .evaldirs import build_eval_run, current_task, review_config
 
 EVIL = '<script>alert("x")</script><img src=x onerror=alert(1)> =HYPERLINK("http://e")'
 
@@ -26,10 +26,18 @@ def served(tmp_path):
     # INSTRUCTENGINE_REVIEW_DATABASE_URL runs these tests on another database (e.g. PostgreSQL)
     url = os.environ.get("INSTRUCTENGINE_REVIEW_DATABASE_URL", "")
     cfg = review_config(tmp_path, runs, "study.annotators=[ann1,ann2,ann3]", "study.annotators_per_item=3",
+                        "study.protocol=custom", "study.criteria=[consistency,aesthetics,realism]",
                         f"study.name=api-{tmp_path.name}", f"database_url={url}")
     made = create_study(cfg)
     with background_server(made.database_url) as base, httpx.Client(base_url=base, timeout=10) as client:
         yield client, made, runs
+
+
+def pixel_key(data: bytes) -> bytes:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        return im.convert("RGB").tobytes()
 
 
 def ann(made, name="ann1"):
@@ -38,6 +46,11 @@ def ann(made, name="ann1"):
 
 def adm(made):
     return f"/api/admin/{made.admin_token}"
+
+
+def shown(client, made, name="ann1"):
+    """The annotator's current task, with both images fetched as the page does (votes need both)."""
+    return current_task(client, made.annotator_tokens[name])
 
 
 def full_vote(task_id, choice="left"):
@@ -55,7 +68,8 @@ def test_state_is_blind_and_resumable(served):
     text = json.dumps(st)
     for secret in ("instructengine", "baseline", str(runs[0]), ".png", "system"):
         assert secret not in text  # no hint of the source
-    first = st["task"]["id"]
+    first = shown(client, made)["id"]
+    assert first == st["task"]["id"]
     assert client.post(f"{ann(made)}/votes", json=full_vote(first)).json()["status"] == "recorded"
     st2 = client.get(f"{ann(made)}/state").json()
     assert st2["progress"]["done"] == 1 and st2["task"]["position"] == 1 and st2["last_vote_task_id"] == first
@@ -67,8 +81,9 @@ def test_images_come_from_registered_files_and_sides_are_stored(served):
     left = client.get(st["task"]["left"])
     right = client.get(st["task"]["right"])
     assert left.status_code == right.status_code == 200 and left.headers["content-type"] == "image/png"
-    files = {p.read_bytes(): p for r in runs for p in (r / "images").glob("*.png")}
-    lp, rp = files[left.content], files[right.content]
+    # served images are metadata-free copies of the pixels: identify them by their pixels
+    files = {pixel_key(p.read_bytes()): p for r in runs for p in (r / "images").glob("*.png")}
+    lp, rp = files[pixel_key(left.content)], files[pixel_key(right.content)]
     assert lp.name == rp.name  # same prompt and seed
     assert {lp.parts[-4], rp.parts[-4]} == {"instructengine", "baseline"}
     # the same request gives the same side again (assignment stored, not re-drawn)
@@ -84,7 +99,7 @@ def test_images_come_from_registered_files_and_sides_are_stored(served):
 
 def test_votes_validated_idempotent_and_conflicting(served):
     client, made, _ = served
-    tid = client.get(f"{ann(made)}/state").json()["task"]["id"]
+    tid = shown(client, made)["id"]
     url = f"{ann(made)}/votes"
     bad = client.post(url, json={**full_vote(tid), "choice": "middle"})
     assert bad.status_code == 422 and "left" in bad.text
@@ -104,8 +119,8 @@ def test_votes_validated_idempotent_and_conflicting(served):
 
 def test_annotators_are_isolated(served):
     client, made, _ = served
-    t1 = client.get(f"{ann(made, 'ann1')}/state").json()["task"]
-    t2 = client.get(f"{ann(made, 'ann2')}/state").json()["task"]
+    t1 = shown(client, made, "ann1")
+    t2 = shown(client, made, "ann2")
     assert t1["id"] != t2["id"]
     assert client.post(f"{ann(made, 'ann2')}/votes", json=full_vote(t2["id"])).status_code == 200
     a1 = ann(made, "ann1")
@@ -133,7 +148,7 @@ def test_undo_only_the_latest_vote(served):
     a = ann(made)
     ids = []
     for choice in ("left", "right"):
-        tid = client.get(f"{a}/state").json()["task"]["id"]
+        tid = shown(client, made)["id"]
         client.post(f"{a}/votes", json=full_vote(tid, choice)).raise_for_status()
         ids.append(tid)
     assert client.post(f"{a}/undo", json={"task_id": ids[0]}).status_code == 409
@@ -141,6 +156,7 @@ def test_undo_only_the_latest_vote(served):
     assert client.post(f"{a}/undo", json={"task_id": ids[1]}).json()["status"] == "not_voted"  # repeat is harmless
     st = client.get(f"{a}/state").json()
     assert st["task"]["id"] == ids[1] and st["progress"]["done"] == 1 and st["last_vote_task_id"] == ids[0]
+    assert shown(client, made)["id"] == ids[1]
     client.post(f"{a}/votes", json=full_vote(ids[1], "tie")).raise_for_status()  # re-vote after undo
     active = client.get(f"{adm(made)}/votes.json").json()
     everything = client.get(f"{adm(made)}/votes.json?include_undone=true").json()
@@ -151,7 +167,7 @@ def test_undo_only_the_latest_vote(served):
 def test_flags_are_recorded_once_and_shown_to_admin(served):
     client, made, _ = served
     a = ann(made)
-    tid = client.get(f"{a}/state").json()["task"]["id"]
+    tid = shown(client, made)["id"]
     body = {"task_id": tid, "side": "right", "reason": "unsafe", "note": "<b>bad</b>"}
     assert client.post(f"{a}/flags", json=body).json()["status"] == "recorded"
     assert client.post(f"{a}/flags", json=body).json()["status"] == "duplicate"
@@ -163,11 +179,11 @@ def test_flags_are_recorded_once_and_shown_to_admin(served):
 def test_admin_results_map_sides_to_systems(served):
     client, made, runs = served
     # every annotator always picks the image of "instructengine" (identified by its file bytes)
-    ie_bytes = {p.read_bytes() for p in (runs[0] / "images").glob("*.png")}
+    ie_pixels = {pixel_key(p.read_bytes()) for p in (runs[0] / "images").glob("*.png")}
     for name in ("ann1", "ann2", "ann3"):
         a = ann(made, name)
-        while (task := client.get(f"{a}/state").json()["task"]) is not None:
-            side = "left" if client.get(task["left"]).content in ie_bytes else "right"
+        while (task := shown(client, made, name)) is not None:
+            side = "left" if pixel_key(client.get(task["left"]).content) in ie_pixels else "right"
             client.post(f"{a}/votes", json=full_vote(task["id"], side)).raise_for_status()
     res = client.get(f"{adm(made)}/results").json()
     assert res["n_votes"] == 12 and res["n_tasks"] == 12
@@ -215,7 +231,7 @@ def test_concurrent_identical_submissions_store_one_vote(served):
 
     client, made, _ = served
     a = ann(made)
-    tid = client.get(f"{a}/state").json()["task"]["id"]
+    tid = shown(client, made)["id"]
     base = str(client.base_url)
 
     def send(_):

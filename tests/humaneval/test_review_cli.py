@@ -5,7 +5,7 @@ import httpx
 from instructengine.humaneval.cli import main
 from instructengine.humaneval.server import background_server
 
-from .evaldirs import build_eval_run
+from .evaldirs import build_eval_run, current_task
 
 
 def test_create_vote_and_results_through_the_cli(tmp_path, capsys):
@@ -23,7 +23,7 @@ def test_create_vote_and_results_through_the_cli(tmp_path, capsys):
         for name in ("ann1", "ann2"):
             a = f"/api/a/{tokens['annotators'][name]['token']}"
             for k in range(8):
-                task = client.get(f"{a}/state").json()["task"]
+                task = current_task(client, tokens['annotators'][name]['token'])
                 client.post(f"{a}/votes", json={"task_id": task["id"], "choice": ["left", "right", "tie"][k % 3]}).raise_for_status()
     code = main(["results", *common])
     out = capsys.readouterr().out

@@ -22,8 +22,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_shipped_review_yaml_parses():
     cfg = load_config(ReviewConfig, REPO / "configs" / "review.yaml")
-    assert cfg.study.pairs == "reference" and cfg.study.criteria == ["consistency", "aesthetics", "realism"]
-    assert len(cfg.study.annotators) == 10
+    assert cfg.study.pairs == "reference" and cfg.study.protocol == "paper" and cfg.study.resolved_criteria() == []
+    assert cfg.study.resolved_choices() == ["left", "right", "tie"]
+    assert len(cfg.study.annotators) == 10 and cfg.study.gold.degraded > 0
+    assert cfg.results.min_gold_accuracy is not None and cfg.server.max_body_bytes >= 4096
 
 
 def test_config_rejects_bad_values(tmp_path):

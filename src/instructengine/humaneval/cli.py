@@ -59,7 +59,7 @@ def serve(config: Optional[Path] = _CONFIG, overrides: Optional[List[str]] = _OV
         _fail(err)
     typer.echo(f"serving {cfg.resolved_database_url()} on http://{cfg.server.host}:{cfg.server.port} "
                f"(links: {Path(cfg.study_dir) / 'tokens.json'})")
-    run_server(cfg.resolved_database_url(), cfg.server.host, cfg.server.port)
+    run_server(cfg.resolved_database_url(), cfg.server.host, cfg.server.port, server=cfg.server, results=cfg.results)
 
 
 @app.command()
@@ -85,8 +85,14 @@ def results(config: Optional[Path] = _CONFIG, overrides: Optional[List[str]] = _
             except LookupError as err:
                 _fail(err)
             out = cfg.resolved_out_dir()
-            paths = write_exports(s, study, out, n_boot=cfg.results.bootstrap, confidence=cfg.results.confidence)
-            typer.echo(format_results(study_results(s, study, cfg.results.bootstrap, cfg.results.confidence)))
+            rc = cfg.results
+            try:
+                paths = write_exports(s, study, out, n_boot=rc.bootstrap, confidence=rc.confidence,
+                                      exclude=rc.exclude_annotators, min_gold_accuracy=rc.min_gold_accuracy)
+            except LookupError as err:
+                _fail(err)
+            typer.echo(format_results(study_results(s, study, rc.bootstrap, rc.confidence, exclude=rc.exclude_annotators,
+                                                    min_gold_accuracy=rc.min_gold_accuracy)))
     finally:
         engine.dispose()
     for name, p in paths.items():

@@ -1,11 +1,14 @@
 """Database of review studies: SQLAlchemy models and an engine factory (SQLite WAL by default).
 
 Tables: a study has systems, items (prompt, seed), the registered images (one per system and
-item, by absolute path), comparisons (an item and two systems), annotators (secret tokens are
-stored only as SHA-256 hashes) and tasks (one annotator's view of a comparison: its position in
-that annotator's queue and which system is on the left). ``votes`` holds the current vote of a
-task (at most one: ``task_id`` is unique, so a repeated submission cannot double a vote);
-``undone_votes`` archives votes taken back with undo; ``flags`` holds broken/unsafe reports.
+item, plus the images of gold items; each a metadata-free PNG copy inside the study's image
+folder, by absolute path and SHA-256), comparisons (an item and two systems), gold items
+(known-answer pairs: a better and a worse image), annotators (secret tokens are stored only as
+SHA-256 hashes) and tasks (one annotator's view of a comparison or of a gold item: its position
+in that annotator's queue, which side is on the left, when it was first served and its images
+fetched). ``votes`` holds the current vote of a task (at most one: ``task_id`` is unique, so a
+repeated submission cannot double a vote) with its time on task; ``undone_votes`` archives votes
+taken back with undo; ``flags`` holds broken/unsafe reports.
 
 SQLite connections run in WAL mode with a busy timeout; write transactions start with
 ``BEGIN IMMEDIATE`` so concurrent writers queue on the lock instead of failing on upgrade.
@@ -38,13 +41,16 @@ __all__ = [
     "Base",
     "Comparison",
     "Flag",
+    "GoldItem",
     "Image",
+    "SchemaError",
     "Item",
     "Study",
     "System",
     "Task",
     "UndoneVote",
     "Vote",
+    "check_schema",
     "hash_token",
     "make_engine",
     "make_sessions",
@@ -71,7 +77,14 @@ class Study(Base):
     name: Mapped[str] = mapped_column(String(200), unique=True)
     admin_token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     criteria: Mapped[list] = mapped_column(JSON)
+    #: question text per criterion and "overall", in the order asked
+    questions: Mapped[dict] = mapped_column(JSON)
+    #: answers allowed per question (a subset of config.CHOICES)
+    choices: Mapped[list] = mapped_column(JSON)
+    protocol: Mapped[str] = mapped_column(String(32))
     instructions: Mapped[str] = mapped_column(Text, default="")
+    #: the only folder images are served from (absolute, resolved at creation)
+    images_dir: Mapped[str] = mapped_column(Text)
     config: Mapped[dict] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -99,15 +112,36 @@ class Item(Base):
 
 
 class Image(Base):
-    """A registered image file: the only files the app ever reads from disk."""
+    """A registered image file: the only files the app ever reads from disk.
+
+    ``path`` is a metadata-free PNG written at study creation inside the study's ``images_dir``;
+    ``sha256`` is the digest of its bytes, checked on every read. System images have a system
+    and an item; gold images have neither.
+    """
 
     __tablename__ = "images"
     __table_args__ = (UniqueConstraint("system_id", "item_id"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    system_id: Mapped[int] = mapped_column(ForeignKey("systems.id"), index=True)
-    item_id: Mapped[int] = mapped_column(ForeignKey("items.id"), index=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    system_id: Mapped[int | None] = mapped_column(ForeignKey("systems.id"), index=True, nullable=True)
+    item_id: Mapped[int | None] = mapped_column(ForeignKey("items.id"), index=True, nullable=True)
     path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    source_path: Mapped[str] = mapped_column(Text, default="")
     media_type: Mapped[str] = mapped_column(String(40), default="image/png")
+
+
+class GoldItem(Base):
+    """A known-answer pair (attention check): ``better`` must be judged better than ``worse``."""
+
+    __tablename__ = "gold_items"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "degraded" | "configured"
+    prompt: Mapped[str] = mapped_column(Text)
+    better_image_id: Mapped[int] = mapped_column(ForeignKey("images.id"))
+    worse_image_id: Mapped[int] = mapped_column(ForeignKey("images.id"))
+    source: Mapped[str] = mapped_column(Text, default="")  # where it came from (admin only)
 
 
 class Comparison(Base):
@@ -129,18 +163,29 @@ class Annotator(Base):
 
 
 class Task(Base):
-    """One annotator's view of one comparison: queue position and side assignment."""
+    """One annotator's view of one comparison or gold item: queue position and side assignment.
+
+    Exactly one of ``comparison_id`` and ``gold_id`` is set. ``a_on_left``: system A (or, for a
+    gold item, the better image) is on the left. ``served_at``: when the task was first handed
+    out as the annotator's current task (reset by undo); ``*_fetched_at``: first fetch of each
+    image. A vote is accepted only for the current task once it was served with both images.
+    """
 
     __tablename__ = "tasks"
     __table_args__ = (
         UniqueConstraint("annotator_id", "position"),
         UniqueConstraint("annotator_id", "comparison_id"),
+        UniqueConstraint("annotator_id", "gold_id"),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     annotator_id: Mapped[int] = mapped_column(ForeignKey("annotators.id"), index=True)
-    comparison_id: Mapped[int] = mapped_column(ForeignKey("comparisons.id"), index=True)
+    comparison_id: Mapped[int | None] = mapped_column(ForeignKey("comparisons.id"), index=True, nullable=True)
+    gold_id: Mapped[int | None] = mapped_column(ForeignKey("gold_items.id"), index=True, nullable=True)
     position: Mapped[int] = mapped_column(Integer)
     a_on_left: Mapped[bool] = mapped_column(Boolean)
+    served_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    left_fetched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    right_fetched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class Vote(Base):
@@ -150,6 +195,8 @@ class Vote(Base):
     annotator_id: Mapped[int] = mapped_column(ForeignKey("annotators.id"), index=True)
     choice: Mapped[str] = mapped_column(String(16))
     criteria: Mapped[dict] = mapped_column(JSON, default=dict)
+    #: milliseconds from serving the task to this vote (server clock)
+    time_on_task_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -160,6 +207,7 @@ class UndoneVote(Base):
     annotator_id: Mapped[int] = mapped_column(ForeignKey("annotators.id"), index=True)
     choice: Mapped[str] = mapped_column(String(16))
     criteria: Mapped[dict] = mapped_column(JSON, default=dict)
+    time_on_task_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     undone_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -178,6 +226,33 @@ class Flag(Base):
 
 
 Index("ix_votes_annotator_created", Vote.annotator_id, Vote.id)
+
+
+class SchemaError(RuntimeError):
+    """The database was made by another version of the review app (a table lacks columns)."""
+
+
+def check_schema(engine: Engine) -> None:
+    """Raise :class:`SchemaError` when an existing table lacks a column this version needs.
+
+    ``create_all`` adds missing tables but never columns, so a study database made by an older
+    version would otherwise fail on its first request.
+    """
+    from sqlalchemy import inspect
+
+    insp = inspect(engine)
+    present = set(insp.get_table_names())
+    for table in Base.metadata.sorted_tables:
+        if table.name not in present:
+            continue
+        have = {c["name"] for c in insp.get_columns(table.name)}
+        missing = sorted(c.name for c in table.columns if c.name not in have)
+        if missing:
+            raise SchemaError(
+                f"the study database {engine.url.render_as_string(hide_password=True)} was made by an older version "
+                f"of the review app (table {table.name} lacks {missing}); export its results with that version and "
+                "create the study again"
+            )
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:

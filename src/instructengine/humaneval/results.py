@@ -2,8 +2,12 @@
 
 :func:`vote_log` reads the votes of a study from the database as plain rows (the exported vote
 log); :func:`compute_results` turns such rows into the results dict (pure, tested alone);
-:func:`winrate_chart` draws the paper's win-rate bar chart; :func:`write_exports` writes the
-files ``review results`` produces.
+:func:`progress_of` gives per-annotator progress and quality (gold accuracy, median time on
+task) and :func:`excluded_annotators` the annotators left out of the results (chosen, or below
+the gold-accuracy bar); :func:`winrate_chart` draws the paper's win-rate bar chart;
+:func:`write_exports` writes the files ``review results`` produces.
+
+Gold items never enter the vote log or the results: the log joins tasks to comparisons.
 
 Each vote is mapped from screen sides to systems with the task's stored side assignment: for the
 pair (A, B) of a comparison, ``left`` means A won when A was shown on the left. Win rate of A
@@ -25,6 +29,7 @@ from instructengine.humaneval.stats import bootstrap_win_rate, bradley_terry, kr
 __all__ = [
     "LOG_COLUMNS",
     "compute_results",
+    "excluded_annotators",
     "find_study",
     "flags_of",
     "outcome",
@@ -39,7 +44,7 @@ __all__ = [
 LOG_COLUMNS = [
     "status", "vote_id", "annotator", "task_id", "comparison_id", "position", "prompt_index", "seed",
     "category", "prompt", "system_a", "system_b", "left_system", "right_system", "choice", "winner",
-    "created_at", "undone_at",
+    "created_at", "undone_at", "time_on_task_s",
 ]
 
 
@@ -103,6 +108,7 @@ def vote_log(session, study, include_undone: bool = False) -> list[dict[str, Any
                 "winner": {"a": name_a, "b": name_b}.get(out, out),
                 "created_at": _iso(vote.created_at),
                 "undone_at": _iso(getattr(vote, "undone_at", None)),
+                "time_on_task_s": None if vote.time_on_task_ms is None else vote.time_on_task_ms / 1000,
             }
             for c in study.criteria:
                 row[f"criterion_{c}"] = (vote.criteria or {}).get(c)
@@ -204,53 +210,106 @@ def compute_results(
 
 
 def progress_of(session, study) -> list[dict[str, Any]]:
+    """Per annotator: tasks done / total (gold included), gold answered / correct / accuracy,
+    median time on task (seconds, all active votes), last vote."""
+    import statistics
+
     from sqlalchemy import func, select
 
     from instructengine.humaneval import db
 
-    total = dict(
-        session.execute(
-            select(db.Task.annotator_id, func.count(db.Task.id)).group_by(db.Task.annotator_id)
-        ).all()
-    )
-    done = dict(
-        session.execute(select(db.Vote.annotator_id, func.count(db.Vote.id)).group_by(db.Vote.annotator_id)).all()
-    )
-    last = dict(
-        session.execute(select(db.Vote.annotator_id, func.max(db.Vote.created_at)).group_by(db.Vote.annotator_id)).all()
-    )
-    anns = session.scalars(select(db.Annotator).where(db.Annotator.study_id == study.id).order_by(db.Annotator.id))
-    return [
-        {"annotator": a.name, "done": done.get(a.id, 0), "total": total.get(a.id, 0), "last_vote": _iso(last.get(a.id))}
-        for a in anns
-    ]
+    anns = list(session.scalars(select(db.Annotator).where(db.Annotator.study_id == study.id).order_by(db.Annotator.id)))
+    ids = [a.id for a in anns]
+    total = dict(session.execute(
+        select(db.Task.annotator_id, func.count(db.Task.id)).where(db.Task.annotator_id.in_(ids)).group_by(db.Task.annotator_id)
+    ).all())
+    done = dict(session.execute(
+        select(db.Vote.annotator_id, func.count(db.Vote.id)).where(db.Vote.annotator_id.in_(ids)).group_by(db.Vote.annotator_id)
+    ).all())
+    last = dict(session.execute(
+        select(db.Vote.annotator_id, func.max(db.Vote.created_at)).where(db.Vote.annotator_id.in_(ids)).group_by(db.Vote.annotator_id)
+    ).all())
+    times: dict[int, list[float]] = {}
+    for ann_id, ms in session.execute(select(db.Vote.annotator_id, db.Vote.time_on_task_ms).where(db.Vote.annotator_id.in_(ids))):
+        if ms is not None:
+            times.setdefault(ann_id, []).append(ms / 1000)
+    gold: dict[int, list[bool]] = {}
+    q = (select(db.Task.annotator_id, db.Task.a_on_left, db.Vote.choice).join(db.Vote, db.Vote.task_id == db.Task.id)
+         .where(db.Task.gold_id.is_not(None), db.Task.annotator_id.in_(ids)))
+    for ann_id, better_on_left, choice in session.execute(q):
+        gold.setdefault(ann_id, []).append(choice == ("left" if better_on_left else "right"))
+    out = []
+    for a in anns:
+        answers = gold.get(a.id, [])
+        out.append({
+            "annotator": a.name, "done": done.get(a.id, 0), "total": total.get(a.id, 0), "last_vote": _iso(last.get(a.id)),
+            "gold_answered": len(answers), "gold_correct": sum(answers),
+            "gold_accuracy": (sum(answers) / len(answers)) if answers else None,
+            "median_time_on_task_s": statistics.median(times[a.id]) if times.get(a.id) else None,
+        })
+    return out
+
+
+def excluded_annotators(quality: list[dict[str, Any]], chosen, min_gold_accuracy: float | None) -> dict[str, str]:
+    """Annotators to leave out of the results -> why.
+
+    ``chosen``: names excluded by hand; ``min_gold_accuracy``: also exclude those who answered
+    at least one gold item and got a share below it right (pure; rows as from :func:`progress_of`).
+
+    Raises:
+        LookupError: a chosen name is not an annotator of the study (the message lists them).
+    """
+    names = [q["annotator"] for q in quality]
+    unknown = [n for n in chosen if n not in names]
+    if unknown:
+        raise LookupError(f"annotator {unknown[0]!r} is not in this study; its annotators are {sorted(names)}")
+    out: dict[str, list[str]] = {}
+    for n in chosen:
+        out.setdefault(n, []).append("chosen (results.exclude_annotators or the admin view)")
+    if min_gold_accuracy is not None:
+        for q in quality:
+            if q["gold_answered"] and q["gold_correct"] / q["gold_answered"] < min_gold_accuracy:
+                acc = q["gold_correct"] / q["gold_answered"]
+                out.setdefault(q["annotator"], []).append(
+                    f"gold accuracy {acc:.0%} < {min_gold_accuracy:.0%} ({q['gold_correct']}/{q['gold_answered']})"
+                )
+    return {n: "; ".join(r) for n, r in out.items()}
 
 
 def flags_of(session, study) -> list[dict[str, Any]]:
+    """Reported images, oldest first, with the system (or "gold item") that only the admin sees."""
     from sqlalchemy import select
 
     from instructengine.humaneval import db
 
     q = (
-        select(db.Flag, db.Annotator.name, db.System.name, db.Item)
+        select(db.Flag, db.Annotator.name, db.System.name, db.Item, db.GoldItem.prompt)
         .join(db.Annotator, db.Flag.annotator_id == db.Annotator.id)
         .join(db.Image, db.Flag.image_id == db.Image.id)
-        .join(db.System, db.Image.system_id == db.System.id)
-        .join(db.Item, db.Image.item_id == db.Item.id)
+        .join(db.Task, db.Flag.task_id == db.Task.id)
+        .outerjoin(db.System, db.Image.system_id == db.System.id)
+        .outerjoin(db.Item, db.Image.item_id == db.Item.id)
+        .outerjoin(db.GoldItem, db.Task.gold_id == db.GoldItem.id)
         .where(db.Annotator.study_id == study.id)
         .order_by(db.Flag.id)
     )
     return [
-        {"annotator": ann, "task_id": f.task_id, "system": sysname, "prompt_index": item.prompt_index,
-         "seed": item.seed, "prompt": item.prompt, "side": f.side, "reason": f.reason, "note": f.note,
+        {"annotator": ann, "task_id": f.task_id, "system": sysname if sysname is not None else "gold item",
+         "prompt_index": item.prompt_index if item else None, "seed": item.seed if item else None,
+         "prompt": item.prompt if item else gold_prompt, "side": f.side, "reason": f.reason, "note": f.note,
          "created_at": _iso(f.created_at)}
-        for f, ann, sysname, item in session.execute(q)
+        for f, ann, sysname, item, gold_prompt in session.execute(q)
     ]
 
 
-def study_results(session, study, n_boot: int = 2000, confidence: float = 0.95) -> dict[str, Any]:
-    """Everything the admin view shows, for one study."""
-    from sqlalchemy import select
+def study_results(session, study, n_boot: int = 2000, confidence: float = 0.95, exclude=(),
+                  min_gold_accuracy: float | None = None) -> dict[str, Any]:
+    """Everything the admin view shows, for one study, without the excluded annotators' votes.
+
+    Raises:
+        LookupError: a name in ``exclude`` is not an annotator of the study.
+    """
+    from sqlalchemy import func, select
 
     from instructengine.humaneval import db
 
@@ -261,12 +320,28 @@ def study_results(session, study, n_boot: int = 2000, confidence: float = 0.95) 
     ).all()
     pos = {n: i for i, n in enumerate(systems)}
     pairs = sorted({(by_id[a], by_id[b]) for a, b in pair_ids}, key=lambda p: (pos[p[0]], pos[p[1]]))
+    progress = progress_of(session, study)
+    excluded = excluded_annotators(progress, list(exclude), min_gold_accuracy)
+    for p in progress:
+        p["excluded"] = p["annotator"] in excluded
+        p["excluded_reason"] = excluded.get(p["annotator"])
     rows = vote_log(session, study)
-    res = compute_results(rows, systems, list(study.criteria), pairs=pairs, n_boot=n_boot, confidence=confidence)
+    kept = [r for r in rows if r["annotator"] not in excluded]
+    res = compute_results(kept, systems, list(study.criteria), pairs=pairs, n_boot=n_boot, confidence=confidence)
     res["study"] = study.name
-    res["progress"] = progress_of(session, study)
+    res["progress"] = progress
     res["flags"] = flags_of(session, study)
-    res["n_tasks"] = sum(p["total"] for p in res["progress"])
+    res["excluded_annotators"] = sorted(excluded)
+    res["exclude_chosen"] = sorted(set(exclude))
+    res["min_gold_accuracy"] = min_gold_accuracy
+    res["n_votes_excluded"] = len(rows) - len(kept)
+    ann_ids = select(db.Annotator.id).where(db.Annotator.study_id == study.id)
+    n_tasks = dict(session.execute(
+        select(db.Task.gold_id.is_(None), func.count(db.Task.id)).where(db.Task.annotator_id.in_(ann_ids))
+        .group_by(db.Task.gold_id.is_(None))
+    ).all())
+    res["n_tasks"] = n_tasks.get(True, 0)
+    res["n_gold_tasks"] = n_tasks.get(False, 0)
     return res
 
 
@@ -346,6 +421,12 @@ def votes_csv(rows: list[dict[str, Any]], criteria: list[str]) -> str:
 def format_results(res: dict[str, Any]) -> str:
     """A plain-text summary for the terminal."""
     lines = [f"study {res['study']}: {res['n_votes']} votes of {res['n_tasks']} tasks"]
+    if res.get("excluded_annotators"):
+        lines.append(f"excluded annotators ({res['n_votes_excluded']} votes left out): "
+                     + ", ".join(f"{p['annotator']} ({p['excluded_reason']})" for p in res["progress"] if p["excluded"]))
+    gold = [p for p in res.get("progress", []) if p.get("gold_answered")]
+    if gold:
+        lines.append("gold accuracy: " + ", ".join(f"{p['annotator']} {p['gold_correct']}/{p['gold_answered']}" for p in gold))
     for crit, body in res["criteria"].items():
         lines.append(f"\n[{crit}]")
         lines.append(f"{'A':>18} vs {'B':<18} {'n':>5} {'W':>5} {'T':>5} {'BB':>5} {'L':>5}  win rate [CI]")
@@ -362,12 +443,18 @@ def format_results(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_exports(session, study, out_dir: str | Path, n_boot: int = 2000, confidence: float = 0.95) -> dict[str, Path]:
-    """Write results.json, votes.csv, votes.json and winrate.png into ``out_dir``."""
+def write_exports(session, study, out_dir: str | Path, n_boot: int = 2000, confidence: float = 0.95,
+                  exclude=(), min_gold_accuracy: float | None = None) -> dict[str, Path]:
+    """Write results.json, votes.csv, votes.json and winrate.png into ``out_dir``.
+
+    The results leave out the excluded annotators (listed in results.json); the vote log keeps
+    every vote. Raises LookupError for a name in ``exclude`` that is not in the study.
+    """
     from instructengine.runs import atomic_write_json, atomic_write_text
 
     out = Path(out_dir)
-    res = study_results(session, study, n_boot=n_boot, confidence=confidence)
+    res = study_results(session, study, n_boot=n_boot, confidence=confidence, exclude=exclude,
+                        min_gold_accuracy=min_gold_accuracy)
     rows = vote_log(session, study, include_undone=True)
     paths = {
         "results": atomic_write_json(out / "results.json", res),

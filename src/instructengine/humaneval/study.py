@@ -11,7 +11,13 @@ Layout (deterministic given ``study.seed``):
   the left about half the time, and within one comparison left/right is balanced;
 * each annotator's queue is the global order rotated by ``a * C / n`` (``C`` comparisons): a
   comparison seen first (fresh) by one annotator is seen late (tired) by another, which balances
-  order effects across annotators.
+  order effects across annotators;
+* gold items (known-answer pairs: a study image vs a blurred copy of itself, or configured pairs)
+  go to every annotator, one in each stretch of ``len(queue) / n_gold`` positions
+  (:func:`interleave_gold`), better side alternating between annotators.
+
+Every image is copied, metadata-free, into ``<study_dir>/images`` (:mod:`.images`); only those
+copies are registered and served.
 
 Writes ``<study_dir>/tokens.json`` (mode 0600; the only place the secret links are kept, the
 database stores hashes), ``config.yaml`` and ``manifest.json``.
@@ -27,13 +33,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from instructengine.humaneval.config import ReviewConfig
-from instructengine.humaneval.inputs import StudyInputError, check_shared, media_type, read_eval_run
+from instructengine.humaneval.inputs import StudyInputError, check_shared, read_eval_run
 
-__all__ = ["CreatedStudy", "create_study", "plan_tasks"]
+__all__ = ["CreatedStudy", "create_study", "interleave_gold", "plan_tasks"]
 
 log = logging.getLogger(__name__)
-
-_METADATA_KEYS_OK = {"dpi", "gamma", "srgb", "chromaticity", "aspect", "transparency", "icc_profile", "exif"}
 
 
 @dataclass
@@ -81,15 +85,17 @@ def plan_tasks(n_comparisons: int, n_annotators: int, per_item: int, seed: int) 
     return queues
 
 
-def _metadata_keys(path: Path) -> set[str]:
-    from PIL import Image as PILImage
+def interleave_gold(n_real: int, n_gold: int, seed: int) -> list[int]:
+    """Queue positions (of ``n_real + n_gold``) for ``n_gold`` gold items, one per equal stretch.
 
-    try:
-        with PILImage.open(path) as im:
-            keys = set(getattr(im, "text", {}) or {}) | set(im.info)
-    except OSError as err:
-        raise StudyInputError(f"image {str(path)!r} cannot be read: {err}") from None
-    return {k for k in keys if k.lower() not in _METADATA_KEYS_OK}
+    Pure function: gold item ``j`` lands at a random position in ``[j*T/g, (j+1)*T/g)`` (``T``
+    positions, ``g`` gold items), so checks are spread over the whole session, never bunched.
+    """
+    import numpy as np
+
+    total = n_real + n_gold
+    rng = np.random.default_rng(seed)
+    return [int(rng.integers(j * total // n_gold, (j + 1) * total // n_gold)) for j in range(n_gold)]
 
 
 def create_study(cfg: ReviewConfig) -> CreatedStudy:
@@ -97,12 +103,14 @@ def create_study(cfg: ReviewConfig) -> CreatedStudy:
 
     Raises:
         StudyInputError: the runs cannot be compared (see :func:`check_shared`), an image cannot
-            be read, or the database already holds a study of this name.
+            be read, a gold pair's file is missing, or the database already holds a study of this name.
+        db.SchemaError: the database was made by an older version of the app.
     """
     import numpy as np
     from sqlalchemy import select
 
     from instructengine.humaneval import db
+    from instructengine.humaneval.images import clean_png, degraded_png, store_png
     from instructengine.runs import StageDir, atomic_write_json
 
     sc = cfg.study
@@ -127,14 +135,6 @@ def create_study(cfg: ReviewConfig) -> CreatedStudy:
     comparisons = [(k, a, b) for k in keys for (a, b) in pairs]
     queues = plan_tasks(len(comparisons), len(sc.annotators), sc.annotators_per_item, sc.seed)
 
-    # Files whose PNG text chunks could name their source break blindness; count and warn.
-    meta_counts: dict[str, int] = {}
-    for run in runs:
-        for k in keys:
-            for m in _metadata_keys(run.images[k]):
-                meta_counts[m] = meta_counts.get(m, 0) + 1
-    if meta_counts:
-        log.warning("images carry metadata that may reveal their source: %s", meta_counts)
     # Images the generator's safety checker flagged stay in the study (dropping them would bias
     # the comparison); they are counted so the organiser knows annotators may see them.
     nsfw_counts = {r.name: sum(1 for k in keys if k in r.nsfw_flagged) for r in runs}
@@ -147,8 +147,66 @@ def create_study(cfg: ReviewConfig) -> CreatedStudy:
     manifest = stage.new_manifest(cfg)
     url = cfg.resolved_database_url()
     engine = db.make_engine(url)
-    db.Base.metadata.create_all(engine)
-    _, writer = db.make_sessions(engine)
+    try:
+        db.check_schema(engine)
+        db.Base.metadata.create_all(engine)
+        reader, writer = db.make_sessions(engine)
+        with reader() as s:
+            if s.scalar(select(db.Study.id).where(db.Study.name == sc.name)) is not None:
+                raise StudyInputError(
+                    f"the database {url!r} already holds a study named {sc.name!r}; choose another study.name or study_dir"
+                )
+    except BaseException:
+        engine.dispose()
+        raise
+
+    # Blindness: serve metadata-free PNG copies of the pixels, never the evaluation files.
+    images_dir = (study_dir / "images").resolve()
+    images_dir.mkdir(parents=True, exist_ok=True)
+    stored: dict[tuple[int, tuple[int, int]], tuple[str, str, str]] = {}  # (run, key) -> (path, sha256, source)
+    meta_counts: dict[str, int] = {}
+    n_with_metadata = 0
+
+    def copy_in(src: Path | bytes, label: str) -> tuple[str, str]:
+        nonlocal n_with_metadata
+        try:
+            data, keys = clean_png(src)
+        except OSError as err:
+            raise StudyInputError(f"image {label!r} cannot be read: {err}") from None
+        for k in keys:
+            meta_counts[k] = meta_counts.get(k, 0) + 1
+        n_with_metadata += bool(keys)
+        path, digest = store_png(data, images_dir)
+        return str(path), digest
+
+    with manifest.timed("images"):
+        for i, run in enumerate(runs):
+            for k in keys:
+                stored[(i, k)] = (*copy_in(run.images[k], str(run.images[k])), str(run.images[k]))
+    if meta_counts:
+        log.info("stripped metadata from %d images (keys: %s)", n_with_metadata, meta_counts)
+
+    # Gold items: (kind, prompt, better (path, sha, source), worse (path, sha, source), description)
+    gold_rng = np.random.default_rng([sc.seed, 1])
+    gold: list[tuple[str, str, tuple, tuple, str]] = []
+    sources = [(i, k) for i in range(len(runs)) for k in keys]
+    if sc.gold.degraded > len(sources):
+        raise StudyInputError(f"study.gold.degraded={sc.gold.degraded} exceeds the {len(sources)} study images")
+    for j in gold_rng.choice(len(sources), size=sc.gold.degraded, replace=False).tolist() if sc.gold.degraded else []:
+        i, k = sources[j]
+        better = stored[(i, k)]
+        worse_path, worse_sha = store_png(degraded_png(Path(better[0]).read_bytes(), sc.gold.degrade_blur), images_dir)
+        desc = f"{runs[i].name} prompt {k[0]} seed {k[1]} vs its blurred copy"
+        gold.append(("degraded", runs[0].prompts[k[0]][0], better, (str(worse_path), worse_sha, f"blurred {better[2]}"), desc))
+    for n, pair in enumerate(sc.gold.pairs):
+        files = {}
+        for role in ("better", "worse"):
+            f = Path(getattr(pair, role)).expanduser()
+            if not f.is_file():
+                raise StudyInputError(f"study.gold.pairs[{n}].{role} {str(f)!r} is not a file; give an image path")
+            files[role] = (*copy_in(f, str(f)), str(f.resolve()))
+        gold.append(("configured", pair.prompt, files["better"], files["worse"], f"configured pair {n}"))
+
     admin_token = secrets.token_urlsafe(24)
     tokens = {name: secrets.token_urlsafe(24) for name in sc.annotators}
     with manifest.timed("create"), writer() as s, s.begin():
@@ -157,8 +215,9 @@ def create_study(cfg: ReviewConfig) -> CreatedStudy:
                 f"the database {url!r} already holds a study named {sc.name!r}; choose another study.name or study_dir"
             )
         study = db.Study(
-            name=sc.name, admin_token_hash=db.hash_token(admin_token), criteria=list(sc.criteria),
-            instructions=sc.instructions, config=cfg.model_dump(mode="json"),
+            name=sc.name, admin_token_hash=db.hash_token(admin_token), criteria=sc.resolved_criteria(),
+            questions=sc.resolved_questions(), choices=sc.resolved_choices(), protocol=sc.protocol,
+            instructions=sc.resolved_instructions(), images_dir=str(images_dir), config=cfg.model_dump(mode="json"),
         )
         s.add(study)
         s.flush()
@@ -174,10 +233,19 @@ def create_study(cfg: ReviewConfig) -> CreatedStudy:
         s.add_all(list(items.values()))
         s.flush()
         s.add_all(
-            db.Image(system_id=systems[i].id, item_id=items[k].id, path=str(run.images[k]),
-                     media_type=media_type(run.images[k]))
-            for i, run in enumerate(runs) for k in keys
+            db.Image(study_id=study.id, system_id=systems[i].id, item_id=items[k].id, path=stored[(i, k)][0],
+                     sha256=stored[(i, k)][1], source_path=stored[(i, k)][2], media_type="image/png")
+            for i in range(len(runs)) for k in keys
         )
+        gold_rows = []
+        for kind, prompt, better, worse, desc in gold:
+            imgs = [db.Image(study_id=study.id, path=p, sha256=h, source_path=src, media_type="image/png")
+                    for p, h, src in (better, worse)]
+            s.add_all(imgs)
+            s.flush()
+            gold_rows.append(db.GoldItem(study_id=study.id, kind=kind, prompt=prompt, better_image_id=imgs[0].id,
+                                         worse_image_id=imgs[1].id, source=desc))
+        s.add_all(gold_rows)
         comp_rows = [
             db.Comparison(study_id=study.id, item_id=items[k].id, system_a_id=systems[a].id, system_b_id=systems[b].id)
             for k, a, b in comparisons
@@ -188,13 +256,22 @@ def create_study(cfg: ReviewConfig) -> CreatedStudy:
         ]
         s.add_all(annotators)
         s.flush()
+        s.flush()
         n_tasks = 0
-        for ann, queue in zip(annotators, queues):
-            s.add_all(
-                db.Task(annotator_id=ann.id, comparison_id=comp_rows[c].id, position=pos, a_on_left=left)
-                for c, pos, left in queue
-            )
-            n_tasks += len(queue)
+        gold_start = gold_rng.integers(0, 2, size=len(gold_rows)).astype(bool)
+        for a, (ann, queue) in enumerate(zip(annotators, queues)):
+            slots = set(interleave_gold(len(queue), len(gold_rows), seed=sc.seed * 1000 + a))
+            gold_order = gold_rng.permutation(len(gold_rows)).tolist()
+            real = iter(queue)
+            for pos in range(len(queue) + len(gold_rows)):
+                if pos in slots:
+                    g = gold_order.pop()
+                    s.add(db.Task(annotator_id=ann.id, gold_id=gold_rows[g].id, position=pos,
+                                  a_on_left=bool(gold_start[g]) ^ bool(a % 2)))
+                else:
+                    c, _, left = next(real)
+                    s.add(db.Task(annotator_id=ann.id, comparison_id=comp_rows[c].id, position=pos, a_on_left=left))
+                n_tasks += 1
     engine.dispose()
 
     tokens_path = study_dir / "tokens.json"
@@ -218,8 +295,9 @@ def create_study(cfg: ReviewConfig) -> CreatedStudy:
         "study": sc.name, "systems": system_names, "items": len(keys), "pairs": len(pairs),
         "comparisons": len(comparisons), "annotators": len(sc.annotators),
         "annotators_per_item": sc.annotators_per_item, "tasks": n_tasks,
-        "tasks_per_annotator": [len(q) for q in queues], "image_metadata_keys": meta_counts,
-        "nsfw_flagged_images": nsfw_counts,
+        "tasks_per_annotator": [len(q) + len(gold) for q in queues], "gold_items": len(gold),
+        "protocol": sc.protocol, "images_dir": str(images_dir), "image_metadata_keys": meta_counts,
+        "images_with_metadata_stripped": n_with_metadata, "nsfw_flagged_images": nsfw_counts,
     }
     stage.write_manifest(manifest)
     return CreatedStudy(
