@@ -4,12 +4,15 @@ Needs Debian's chromium (/usr/bin/chromium) and the Python ``playwright`` packag
 only: no ``playwright install``). Screenshots of every page go to .test-artifacts/humaneval/.
 """
 
+import contextlib
 import os
 from pathlib import Path
 
 import httpx
 import pytest
 
+from instructengine.config import load_config
+from instructengine.humaneval.config import ResultsConfig
 from instructengine.humaneval.server import background_server
 from instructengine.humaneval.study import create_study
 
@@ -33,24 +36,38 @@ def study(tmp_path):
     runs = [build_eval_run(tmp_path, m, prompts=PROMPTS, size=256, style=k)
             for k, m in enumerate(["instructengine", "sd15", "diffusion-dpo"])]
     cfg = review_config(tmp_path, runs, "study.name=DrawBench <pilot> & co", "study.pairs=reference",
-                        "study.annotators=[alice,bob]", "study.annotators_per_item=2")
+                        "study.annotators=[alice,bob]", "study.annotators_per_item=2",
+                        "study.protocol=custom", "study.criteria=[consistency,aesthetics,realism]")
     made = create_study(cfg)
     assert made.n_tasks == 20  # 5 prompts x 2 pairs x 2 annotators: alice has exactly 10 tasks
     with background_server(made.database_url) as base:
         yield base, made
 
 
-@pytest.fixture
-def browser_context(tmp_path):
+@contextlib.contextmanager
+def chromium(profile: Path, **options):
     with playwright_sync.sync_playwright() as p:
         ctx = p.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=FLAGS,
-            viewport={"width": 1280, "height": 900},
+            str(profile), executable_path=CHROMIUM, headless=True, args=FLAGS, **options,
         )
         try:
             yield ctx
         finally:
             ctx.close()
+
+
+@pytest.fixture
+def browser_context(tmp_path):
+    with chromium(tmp_path / "chromium-profile", viewport={"width": 1280, "height": 900}) as ctx:
+        yield ctx
+
+
+@pytest.fixture
+def phone_context(tmp_path):
+    """A phone-sized Chromium (390 x 844 CSS px, 3x pixels, touch), like a current iPhone."""
+    with chromium(tmp_path / "chromium-phone", viewport={"width": 390, "height": 844}, device_scale_factor=3,
+                  is_mobile=True, has_touch=True) as ctx:
+        yield ctx
 
 
 def wait_next_task(page, previous: str) -> str:
@@ -173,3 +190,91 @@ def test_annotator_votes_by_keyboard_and_admin_sees_them(study, browser_context)
     assert [r["criterion_consistency"] for r in active[:2]] == ["left", "right"]
     assert shots and all((ARTIFACTS / f).stat().st_size > 5000 for f in (
         "01-annotate-task.png", "02-annotate-report-dialog.png", "03-annotate-done.png", "04-admin.png", "05-invalid-link.png"))
+
+
+def in_view(page, selector: str, width: int, height: int) -> dict:
+    box = page.locator(selector).first.bounding_box()
+    assert box is not None, f"{selector} is not displayed"
+    inside = box["x"] >= -0.5 and box["y"] >= -0.5 and box["x"] + box["width"] <= width + 0.5 and box["y"] + box["height"] <= height + 0.5
+    assert inside, f"{selector} at {box} is not inside the {width}x{height} viewport"
+    return box
+
+
+def test_click_to_zoom_shows_full_resolution_and_blocks_votes(study, browser_context):
+    base, made = study
+    page = browser_context.new_page()
+    page.goto(f"{base}/a/{made.annotator_tokens['alice']}")
+    task = wait_next_task(page, "")
+    shown = page.locator("#img-left").bounding_box()
+    page.click("#img-left")
+    playwright_sync.expect(page.locator("#zoom")).to_be_visible()
+    page.wait_for_function("() => { const i = document.getElementById('zoom-img'); return i.complete && i.naturalWidth > 0; }")
+    natural, rendered = page.evaluate(
+        "() => { const i = document.getElementById('zoom-img'); return [i.naturalWidth, i.getBoundingClientRect().width]; }")
+    assert natural == 256 and rendered == pytest.approx(natural)  # one image pixel per CSS pixel
+    assert "256 \u00d7 256 px" in page.text_content("#zoom-note")
+    page.keyboard.press("1")  # switches the zoomed image, never votes
+    page.keyboard.press("2")
+    assert "right image" in page.text_content("#zoom-note")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "07-annotate-zoom.png"))
+    page.keyboard.press("Escape")
+    playwright_sync.expect(page.locator("#zoom")).to_be_hidden()
+    assert page.evaluate("() => document.body.dataset.taskId") == task
+    assert page.locator(".question.active").get_attribute("data-row") == "0"  # no answer was taken
+    assert httpx.get(f"{base}/api/admin/{made.admin_token}/votes.json").json() == []
+    assert shown["width"] < 1280 * 0.5
+
+
+@pytest.mark.parametrize("protocol", ["paper", "per_criterion"])
+def test_phone_layout_keeps_both_images_and_the_question_in_view(tmp_path, phone_context, protocol):
+    W, H = 390, 844
+    runs = [build_eval_run(tmp_path, m, prompts=PROMPTS, size=1024, style=k)
+            for k, m in enumerate(["instructengine", "sd15"])]
+    made = create_study(review_config(tmp_path, runs, "study.name=Phone pilot", "study.annotators=[carol]",
+                                      "study.annotators_per_item=1", "study.gold.degraded=1",
+                                      f"study.protocol={protocol}"))
+    results = load_config(ResultsConfig, None, ["confidence=0.9"])
+    with background_server(made.database_url, results=results) as base:
+        page = phone_context.new_page()
+        problems = []
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        page.goto(f"{base}/a/{made.annotator_tokens['carol']}")
+        task = wait_next_task(page, "")
+        rows = 1 if protocol == "paper" else 5
+        for r in range(rows):
+            boxes = {sel: in_view(page, sel, W, H) for sel in ("#prompt", "#img-left", "#img-right",
+                                                               ".question.active .q-label", ".question.active .choices")}
+            assert page.evaluate("() => document.documentElement.scrollWidth") <= W
+            assert page.evaluate("() => window.scrollY") == 0  # nothing had to be scrolled into view
+            left, right = boxes["#img-left"], boxes["#img-right"]
+            assert abs(left["y"] - right["y"]) < 1 and left["width"] >= 150  # side by side, each a usable size
+            buttons = page.locator(".question.active .choice")
+            assert buttons.count() == (3 if protocol == "paper" else 4)
+            for i in range(buttons.count()):
+                in_view(page, f".question.active .choice >> nth={i}", W, H)
+            if r == 0 and protocol == "paper":
+                page.screenshot(path="/tmp/review_390.png")
+                ARTIFACTS.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(ARTIFACTS / "08-annotate-phone-390.png"))
+            if r == 0 and protocol == "per_criterion":
+                page.screenshot(path=str(ARTIFACTS / "09-annotate-phone-390-per-criterion.png"))
+            page.locator(".question.active .choice[data-choice='tie']").tap()
+        task = wait_next_task(page, task)  # the last tap submitted the vote
+        assert page.text_content("#progress-text").startswith("Task 2 of")
+        # tap-to-zoom works on the phone too and shows the 1024 px original size
+        page.locator("#img-right").tap()
+        page.wait_for_function("() => { const i = document.getElementById('zoom-img'); return i.complete && i.naturalWidth === 1024; }")
+        page.locator("#zoom-close").tap()
+
+        admin = phone_context.new_page()
+        admin.goto(f"{base}/admin/{made.admin_token}")
+        admin.wait_for_function("() => document.body.dataset.loaded === '1'", timeout=15000)
+        admin.wait_for_function("() => { const c = document.getElementById('chart'); return c.complete && c.naturalWidth > 0; }")
+        assert admin.evaluate("() => document.documentElement.scrollWidth") <= W, "the admin page overflows"
+        assert "90% CI" in admin.text_content("#pairs-overall thead")
+        assert "90% bootstrap intervals" in admin.text_content("#ci-note")
+        if protocol == "paper":
+            admin.screenshot(path="/tmp/review_390_admin.png", full_page=True)
+            admin.screenshot(path=str(ARTIFACTS / "10-admin-phone-390.png"), full_page=True)
+        assert problems == []

@@ -29,13 +29,14 @@ def _fail(err: Exception) -> None:
 def create(config: Optional[Path] = _CONFIG, overrides: Optional[List[str]] = _OVERRIDES) -> None:
     """Create a study from two or more evaluation folders; print the secret links."""
     from instructengine.config import ConfigError
+    from instructengine.humaneval.db import SchemaError
     from instructengine.humaneval.inputs import StudyInputError
     from instructengine.humaneval.study import create_study
 
     try:
         cfg = _load(config, overrides)
         made = create_study(cfg)
-    except (ConfigError, StudyInputError) as err:
+    except (ConfigError, StudyInputError, SchemaError) as err:
         _fail(err)
     base = cfg.server.public_url or f"http://{cfg.server.host}:{cfg.server.port}"
     typer.echo(
@@ -51,14 +52,20 @@ def create(config: Optional[Path] = _CONFIG, overrides: Optional[List[str]] = _O
 def serve(config: Optional[Path] = _CONFIG, overrides: Optional[List[str]] = _OVERRIDES) -> None:
     """Serve the annotator and admin pages (blocking; Ctrl-C stops)."""
     from instructengine.config import ConfigError
+    from instructengine.humaneval.db import SchemaError, check_schema, make_engine
     from instructengine.humaneval.server import serve as run_server
 
     try:
         cfg = _load(config, overrides)
-    except ConfigError as err:
+        engine = make_engine(cfg.resolved_database_url())
+        try:
+            check_schema(engine)
+        finally:
+            engine.dispose()
+    except (ConfigError, SchemaError) as err:
         _fail(err)
     typer.echo(f"serving {cfg.resolved_database_url()} on http://{cfg.server.host}:{cfg.server.port} "
-               f"(links: {Path(cfg.study_dir) / 'tokens.json'})")
+               f"(links: {Path(cfg.study_dir) / 'tokens.json'}; body limit {cfg.server.max_body_bytes} bytes)")
     run_server(cfg.resolved_database_url(), cfg.server.host, cfg.server.port, server=cfg.server, results=cfg.results)
 
 

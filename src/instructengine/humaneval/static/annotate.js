@@ -4,12 +4,6 @@
   const token = decodeURIComponent(location.pathname.split("/").filter(Boolean)[1] || "");
   const api = "/api/a/" + encodeURIComponent(token);
   const $ = (id) => document.getElementById(id);
-  const QUESTIONS = {
-    consistency: "Consistency: which image follows the prompt more faithfully?",
-    aesthetics: "Aesthetics: which image is more visually appealing?",
-    realism: "Realism: which image looks more plausible, with fewer distortions?",
-    overall: "Overall: which image do you prefer?",
-  };
   const LABELS = { left: "Left better", right: "Right better", tie: "Tie", both_bad: "Both bad" };
   const KEYS = { left: "1", right: "2", tie: "3", both_bad: "4" };
 
@@ -19,10 +13,12 @@
   let busy = false;
   let loaded = { left: false, right: false };
   let flagSide = null;
+  let zoomSide = null;
 
   function rows() { return state ? [...state.criteria, "overall"] : []; }
-  function question(name) {
-    return QUESTIONS[name] || (name.charAt(0).toUpperCase() + name.slice(1).replace(/_/g, " ") + ": which image is better?");
+  function question(name) {  // every question's text comes from the study (no generic fallback)
+    const q = (state.questions || []).find((x) => x.name === name);
+    return q ? q.text : name;
   }
   function setStatus(text) { $("status").textContent = text; }
   function showError(text) {
@@ -99,6 +95,12 @@
     $("study-name").textContent = state.study;
     document.title = state.study + " \u2014 review";
     $("instructions").textContent = state.instructions;
+    if (!render.opened) {  // open on wide screens; one line on a phone, tap to read
+      $("instructions-box").open = window.matchMedia("(min-width: 761px)").matches;
+      render.opened = true;
+    }
+    document.body.dataset.choices = state.choices.join(" ");
+    $("key-both-bad").hidden = !state.choices.includes("both_bad");
     renderProgress();
     $("error").hidden = true;
     if (!state.task) {
@@ -138,7 +140,7 @@
   }
 
   function choose(choice) {
-    if (busy || !state || !state.task) return;
+    if (busy || !state || !state.task || !state.choices.includes(choice)) return;
     if (!(loaded.left && loaded.right)) { setStatus("Wait for both images to load"); return; }
     const names = rows();
     answers[names[row]] = choice;
@@ -181,15 +183,45 @@
     closeFlag();
   }
 
+  // Click-to-zoom: the image at its full resolution (one image pixel per CSS pixel), scrollable.
+  function openZoom(side) {
+    if (!state || !state.task) return;
+    zoomSide = side;
+    const src = $("img-" + side).getAttribute("src");
+    const img = $("zoom-img");
+    img.onload = () => {
+      $("zoom-note").textContent = `${side} image, ${img.naturalWidth} \u00d7 ${img.naturalHeight} px (full size)`;
+    };
+    if (img.getAttribute("src") !== src) img.src = src; else if (img.complete) img.onload();
+    $("zoom-left").classList.toggle("picked", side === "left");
+    $("zoom-right").classList.toggle("picked", side === "right");
+    $("zoom").hidden = false;
+    document.body.classList.add("zooming");
+  }
+  function closeZoom() { $("zoom").hidden = true; zoomSide = null; document.body.classList.remove("zooming"); }
+
   document.addEventListener("keydown", (ev) => {
     if (!$("flag-dialog").hidden) { if (ev.key === "Escape") closeFlag(); return; }
+    if (!$("zoom").hidden) {  // while zoomed no key votes: 1/2 or arrows switch image, Esc/Z closes
+      const zmap = { "1": "left", ArrowLeft: "left", "2": "right", ArrowRight: "right" };
+      if (ev.key === "Escape" || ev.key === "z" || ev.key === "Z") { ev.preventDefault(); closeZoom(); }
+      else if (zmap[ev.key]) { ev.preventDefault(); openZoom(zmap[ev.key]); }
+      return;
+    }
     if (ev.target && (ev.target.tagName === "TEXTAREA" || ev.target.tagName === "INPUT")) return;
     if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
     const map = { "1": "left", ArrowLeft: "left", "2": "right", ArrowRight: "right", "3": "tie", t: "tie", T: "tie", "4": "both_bad", b: "both_bad", B: "both_bad" };
     if (map[ev.key]) { ev.preventDefault(); choose(map[ev.key]); }
     else if (ev.key === "Backspace") { ev.preventDefault(); back(); }
     else if (ev.key === "u" || ev.key === "U") { ev.preventDefault(); undo(); }
+    else if (ev.key === "z" || ev.key === "Z") { ev.preventDefault(); openZoom("left"); }
   });
+  ["left", "right"].forEach((side) => {
+    $("img-" + side).addEventListener("click", () => openZoom(side));
+    $("zoom-" + side).addEventListener("click", (ev) => { ev.stopPropagation(); openZoom(side); });
+  });
+  $("zoom-close").addEventListener("click", closeZoom);
+  $("zoom-view").addEventListener("click", closeZoom);
   $("undo").addEventListener("click", undo);
   $("undo-done").addEventListener("click", undo);
   document.querySelectorAll(".flag").forEach((b) => b.addEventListener("click", () => openFlag(b.dataset.side)));
