@@ -88,7 +88,7 @@ def clip_preprocess_tensor(
     """
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
-    x = images.float()
+    x = images if images.dtype in (torch.float32, torch.float64) else images.float()
     h, w = x.shape[-2:]
     short, long = (w, h) if w <= h else (h, w)
     if short != size:
