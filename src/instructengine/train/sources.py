@@ -266,12 +266,15 @@ def _materialise_pickapic(items: list[Any], counts: Counter, cache: Path, root: 
     with _main_process_first():
         for shard, wanted in sorted(by_shard.items()):
             folder = cache / _cache_stem(Path(shard), root)
+            # one listing per shard folder (not one glob per image): "<row>_<column>" -> file
+            existing = ({p.name.split(".", 1)[0]: p for p in folder.iterdir() if not p.name.startswith(".")}
+                        if folder.is_dir() else {})
             todo: dict[int, set[str]] = {}
             for row, cols in wanted.items():
                 for col in cols:
-                    hit = sorted(folder.glob(f"{row:08d}_{col}.*"))
-                    if hit:
-                        resolved[f"{shard}{_REF}{row}{_REF}{col}"] = str(hit[0])
+                    hit = existing.get(f"{row:08d}_{col}")
+                    if hit is not None and hit.stat().st_size > 0:
+                        resolved[f"{shard}{_REF}{row}{_REF}{col}"] = str(hit)
                     else:
                         todo.setdefault(row, set()).add(col)
             if not todo:
@@ -317,15 +320,12 @@ class _main_process_first:
 
     def __enter__(self) -> None:
         self._ctx = None
-        try:
-            from accelerate import PartialState
+        from accelerate import PartialState
 
-            state = PartialState()
-            if state.num_processes > 1:
-                self._ctx = state.main_process_first()
-                self._ctx.__enter__()
-        except Exception:  # noqa: BLE001 - no accelerate state: a single process
-            self._ctx = None
+        # only an existing state: creating one here would fix its device before the trainer does
+        if getattr(PartialState, "_shared_state", None) and PartialState().num_processes > 1:
+            self._ctx = PartialState().main_process_first()
+            self._ctx.__enter__()
 
     def __exit__(self, *exc: Any) -> None:
         if self._ctx is not None:
