@@ -111,12 +111,14 @@ def run_candidates(
     generator: Any = None,
     pairs: Any = None,
     log: Callable[[str], None] = lambda s: None,
+    instructions: list[Instruction] | None = None,
 ) -> Manifest | None:
     """Run (or resume) the candidates stage in ``<cfg.run_dir>/candidates``.
 
     ``generator`` defaults to the one ``cfg.generator`` names (built in every process);
-    ``pairs`` to ``<run_dir>/instructions/pairs.parquet``. Returns the manifest on the main
-    process, None on the others.
+    ``pairs`` to ``<run_dir>/instructions/pairs.parquet``; ``instructions`` (e.g. a prompt list through
+    ``instructengine.train.sources.prompt_instructions``) replaces the pairs altogether. Returns the
+    manifest on the main process, None on the others.
 
     Raises:
         FileNotFoundError: no pairs.parquet.
@@ -130,11 +132,12 @@ def run_candidates(
     state = PartialState(cpu=cfg.generator.device == "cpu")
     ccfg = cfg.candidates
     stage = StageDir(cfg.run_dir, STAGE)
-    if pairs is None:
-        from instructengine.instructions.stage import read_pairs
+    if instructions is None:
+        if pairs is None:
+            from instructengine.instructions.stage import read_pairs
 
-        pairs = read_pairs(cfg.run_dir)
-    instructions = plan_instructions(pairs, ccfg.max_pairs)
+            pairs = read_pairs(cfg.run_dir)
+        instructions = plan_instructions(pairs, ccfg.max_pairs)
     n = ccfg.n_candidates
     fingerprint = generator.fingerprint if generator is not None else cfg.generator.fingerprint()
     _check_generator(stage, fingerprint, {"generator": cfg.generator.model_dump(mode="json")}, state.is_main_process)

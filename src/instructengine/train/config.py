@@ -16,6 +16,8 @@ from instructengine.config import Config
 __all__ = [
     "CheckpointConfig",
     "DataConfig",
+    "PickapicConfig",
+    "PromptListConfig",
     "LoraConfig",
     "LossConfig",
     "ModelConfig",
@@ -93,13 +95,61 @@ class LoraConfig(Config):
     )
 
 
-class DataConfig(Config):
-    """The training data: a preference-sample dataset or a candidates table (reward-picked baseline)."""
+class PickapicConfig(Config):
+    """Pick-a-Pic v2 as published: parquet shards with a caption, two images as bytes and two labels.
 
+    A row is one human choice: ``label_0 = 1, label_1 = 0`` (image 0 preferred), the reverse, or
+    ``0.5, 0.5`` (no preference; dropped, as the Diffusion-DPO code drops ``label_0`` not in (0, 1)).
+    """
+
+    files: list[str] = Field(
+        default_factory=lambda: ["**/train-*.parquet"],
+        min_length=1,
+        description="parquet shards: glob patterns relative to data.path (or absolute); the Hub layout keeps the "
+        "train split in data/train-*.parquet",
+    )
+    caption_column: str = Field("caption", description="column with the prompt text")
+    image_columns: tuple[str, str] = Field(("jpg_0", "jpg_1"), description="columns with the two images' encoded bytes")
+    label_columns: tuple[str, str] = Field(
+        ("label_0", "label_1"), description="columns with the two images' preference labels (1 / 0 / 0.5 for a tie)"
+    )
+    image_cache: str | None = Field(
+        None,
+        description="folder the used images' bytes are written to once (unchanged, one file each) so training "
+        "reads files; None: <data.path>/_pickapic_images",
+    )
+    batch_rows: int = Field(512, ge=1, description="rows read per parquet batch (bounds memory while scanning)")
+
+
+class PromptListConfig(Config):
+    """A prompt list for ReFL or the candidates stage: DiffusionDB metadata, Pick-a-Pic captions, any table."""
+
+    files: list[str] = Field(
+        default_factory=lambda: ["metadata.parquet"],
+        min_length=1,
+        description="prompt tables: glob patterns relative to data.path (or absolute); .parquet, .csv, .jsonl "
+        "(a column) or .txt (one prompt a line). DiffusionDB: metadata.parquet; Pick-a-Pic: **/train-*.parquet",
+    )
+    column: str = Field("prompt", description="column with the prompt text (DiffusionDB: prompt, Pick-a-Pic: caption)")
+    deduplicate: bool = Field(True, description="keep each distinct prompt once (first occurrence)")
+
+
+class DataConfig(Config):
+    """The training data: a preference-sample dataset, a candidates table, Pick-a-Pic, or a prompt list."""
+
+    source: Literal["method", "samples", "candidates", "pickapic", "prompts"] = Field(
+        "method",
+        description="where items come from: 'method' (the method's own: samples.parquet, or candidates.parquet for "
+        "reward_dpo), 'samples', 'candidates', 'pickapic' (Pick-a-Pic v2 shards: triples, winners or captions; see "
+        "data.pickapic) or 'prompts' (a prompt list, for refl; see data.prompts)",
+    )
     path: str = Field(
         "runs/demo/images",
-        description="dataset folder holding samples.parquet (or candidates.parquet) and the images it names",
+        description="dataset folder holding samples.parquet (or candidates.parquet, Pick-a-Pic shards, prompt "
+        "tables) and the images it names",
     )
+    pickapic: PickapicConfig = Field(default_factory=PickapicConfig, description="Pick-a-Pic layout (source 'pickapic')")
+    prompts: PromptListConfig = Field(default_factory=PromptListConfig, description="prompt list (source 'prompts')")
     candidates_file: str = Field(
         "candidates.parquet", description="candidates table inside `path`, read by methods whose source is 'candidates'"
     )
@@ -127,7 +177,13 @@ class DataConfig(Config):
         description="train only on samples whose contrast `dimension` is one of these (content, counterfactual, "
         "aesthetics); null: all. Samples left out are counted in the run's data report",
     )
-    max_items: int | None = Field(None, ge=1, description="use only the first N training items (debugging)")
+    max_items: int | None = Field(
+        None,
+        ge=1,
+        description="use a seeded random subset of N training items (stratified by theme and dimension for "
+        "samples; nested: the subset of N is inside the subset of any larger N with the same subset_seed)",
+    )
+    subset_seed: int = Field(0, description="seed of the max_items subset (independent of the training seed)")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes for image decoding")
     cache_text_embeddings: bool = Field(
         False, description="encode every distinct instruction once at setup and keep the embeddings (CPU memory)"
@@ -186,8 +242,9 @@ class ReflConfig(Config):
 
     reward: str = Field(
         "clip",
-        description="differentiable reward: 'clip' (a CLIPModel folder given in reward_kwargs.path) or "
-        "'module:function' returning a callable (images in [0,1] (B,3,H,W), prompts) -> rewards (B,)",
+        description="differentiable reward: 'imagereward' (ImageReward-v1.0, the paper's; reward_kwargs: checkpoint, "
+        "med_config, tokenizer as for the imagereward scorer), 'clip' (a CLIPModel folder given in reward_kwargs.path) "
+        "or 'module:function' returning a callable (images in [0,1] (B,3,H,W), prompts) -> rewards (B,)",
     )
     reward_kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the reward factory")
     num_inference_steps: int = Field(40, ge=2, description="sampling steps of the DDIM sampler used to reach the late step")
@@ -200,6 +257,19 @@ class ReflConfig(Config):
     clip_sample: bool = Field(
         False, description="clip predicted x0 to [-1, 1] in the sampler (useful for pixel-space ShapesWorld models)"
     )
+    pretrain_weight: float = Field(
+        0.0,
+        ge=0,
+        description="ImageReward's pre-training-loss regulariser: add pretrain_weight x the plain denoising MSE on "
+        "a micro-batch of (caption, image) pairs from refl.pretrain_data to every ReFL micro-batch's loss; 0 = off "
+        "(the public SD1.5 ReFL script); ImageReward's SDXL script (--apply_pre_loss) uses it with weight 1",
+    )
+    pretrain_data: DataConfig | None = Field(
+        None,
+        description="the pre-training (caption, image) pairs for pretrain_weight > 0: any data source read as "
+        "(instruction, image) pairs (samples: the preferred images; pickapic: the winners; candidates: the best); "
+        "its resolution must equal data.resolution",
+    )
 
     @model_validator(mode="after")
     def _late_step_in_range(self) -> "ReflConfig":
@@ -207,6 +277,9 @@ class ReflConfig(Config):
             raise ValueError(
                 f"late_step_min={self.late_step_min} must be < num_inference_steps={self.num_inference_steps}"
             )
+        if self.pretrain_weight > 0 and self.pretrain_data is None:
+            raise ValueError("refl.pretrain_weight > 0 needs refl.pretrain_data (the (caption, image) pairs of the "
+                             "pre-training loss), e.g. {source: samples, path: runs/demo/images}")
         return self
 
 

@@ -15,6 +15,10 @@ the column names are configurable. Rows are grouped by ``prompt`` (or ``candidat
 per group the best and the worst image by reward form one triple. Groups with fewer than two usable
 images and groups whose best and worst rewards tie are dropped and counted by reason.
 
+Other sources (``data.source``; readers in :mod:`instructengine.train.sources`): Pick-a-Pic v2
+shards (triples, winners or captions) and prompt lists (DiffusionDB metadata, Pick-a-Pic captions,
+any table). ``data.max_items`` keeps a seeded, stratified, nested random subset.
+
 Order and position: each epoch's order is a permutation seeded by (seed, epoch); a process takes
 its shard of it; the data position is (epoch, micro-batches consumed), so a resumed run continues
 with exactly the micro-batch that would have come next. Random crops/flips are seeded per
@@ -60,7 +64,7 @@ def _check_file(root: Path, rel: Any, counts: Counter) -> str | None:
 
 
 def _items_from_samples(root: Path, layout: str, counts: Counter,
-                        dimensions: list[str] | None = None) -> tuple[list[Item], int]:
+                        dimensions: list[str] | None = None) -> tuple[list[Item], int, list[Any]]:
     from instructengine.data.schema import load_samples
 
     df, root = load_samples(root)
@@ -71,10 +75,13 @@ def _items_from_samples(root: Path, layout: str, counts: Counter,
             counts["dimension not selected"] += int((~keep).sum())
         df = df[keep]
     items: list[Item] = []
+    strata: list[Any] = []  # (theme, dimension) of each item's sample, for stratified subsets
     for row in df.itertuples(index=False):
         x1, x2 = str(row.instruction_1), str(row.instruction_2)
+        key = (getattr(row, "theme", None), getattr(row, "dimension", None))
         if layout == "prompt":
             items.extend([Item((x1,), ()), Item((x2,), ())])
+            strata.extend([key, key])
             continue
         if x1.strip() == x2.strip():
             counts["identical instructions"] += 1  # the cross-validation terms would cancel
@@ -93,9 +100,14 @@ def _items_from_samples(root: Path, layout: str, counts: Counter,
             items.extend([Item((x1,), (y1,)), Item((x2,), (y2,))])
         else:
             raise ValueError(f"layout {layout!r} cannot be built from samples; expected quad, pair, single or prompt")
-    if layout == "prompt":
-        items = list({it.texts: it for it in items}.values())  # distinct instructions, first-seen order
-    return items, n_rows
+        strata.extend([key] * (len(items) - len(strata)))
+    if layout == "prompt":  # distinct instructions, first-seen order
+        first: dict[tuple[str, ...], int] = {}
+        for i, it in enumerate(items):
+            first.setdefault(it.texts, i)
+        keep = sorted(first.values())
+        items, strata = [items[i] for i in keep], [strata[i] for i in keep]
+    return items, n_rows, strata
 
 
 def _items_from_candidates(root: Path, data_cfg: Any, layout: str, counts: Counter) -> tuple[list[Item], int]:
@@ -145,26 +157,62 @@ def _items_from_candidates(root: Path, data_cfg: Any, layout: str, counts: Count
     return items, len(df)
 
 
+#: data.source -> reader(data_cfg, layout, counts) -> SourceRead ("method": the method's own source)
+def _read_samples(data_cfg: Any, layout: str, counts: Counter) -> Any:
+    from instructengine.train.sources import SourceRead
+
+    items, n_in, strata = _items_from_samples(Path(data_cfg.path), layout, counts, getattr(data_cfg, "dimensions", None))
+    return SourceRead(items, strata, n_in)
+
+
+def _read_candidates(data_cfg: Any, layout: str, counts: Counter) -> Any:
+    from instructengine.train.sources import SourceRead
+
+    items, n_in = _items_from_candidates(Path(data_cfg.path), data_cfg, layout, counts)
+    return SourceRead(items, None, n_in)
+
+
+def _readers() -> dict[str, Any]:
+    from instructengine.train.sources import read_pickapic, read_prompt_list
+
+    return {"samples": _read_samples, "candidates": _read_candidates, "pickapic": read_pickapic,
+            "prompts": read_prompt_list}
+
+
 def build_items(source: str, layout: str, data_cfg: Any) -> tuple[list[Item], int, Counter]:
     """Read the dataset and return (items, rows read, dropped-by-reason counts).
 
+    ``source`` is the method's default source; ``data_cfg.source`` (unless 'method') overrides it.
+    ``data_cfg.max_items`` keeps a seeded random subset (:func:`instructengine.train.sources.nested_subset`,
+    stratified by (theme, dimension) for samples); items beyond it are counted as ``not in the
+    max_items subset``.
+
     Raises:
-        FileNotFoundError / ValueError: missing table, bad columns, or no usable item at all.
+        FileNotFoundError / ValueError: missing table, bad columns, a source that cannot give this
+            layout, or no usable item at all.
     """
+    from instructengine.train.sources import nested_subset
+
     root = Path(data_cfg.path)
     counts: Counter = Counter()
+    chosen = getattr(data_cfg, "source", "method")
+    source = source if chosen in (None, "method") else chosen
     dimensions = getattr(data_cfg, "dimensions", None)
     if source != "samples" and dimensions is not None:
         raise ValueError(f"data.dimensions filters preference samples; source {source!r} has no contrast dimension "
                          "(set data.dimensions: null)")
-    if source == "samples":
-        items, n_in = _items_from_samples(root, layout, counts, dimensions)
-    elif source == "candidates":
-        items, n_in = _items_from_candidates(root, data_cfg, layout, counts)
-    else:
-        raise ValueError(f"unknown data source {source!r}; expected 'samples' or 'candidates'")
-    if data_cfg.max_items is not None:
-        items = items[: data_cfg.max_items]
+    readers = _readers()
+    if source not in readers:
+        raise ValueError(f"unknown data source {source!r}; expected one of {sorted(readers)}")
+    read = readers[source](data_cfg, layout, counts)
+    items, n_in = read.items, read.rows
+    if data_cfg.max_items is not None and data_cfg.max_items < len(items):
+        keep = nested_subset(read.strata if read.strata is not None else len(items), data_cfg.max_items,
+                             getattr(data_cfg, "subset_seed", 0))
+        counts["not in the max_items subset"] += len(items) - len(keep)
+        items = [items[i] for i in keep]
+    if read.materialise is not None:
+        items = read.materialise(items, counts)
     if not items:
         raise ValueError(
             f"no usable training item in {str(root)!r} (rows read: {n_in}; dropped: {dict(counts) or 'none'})"

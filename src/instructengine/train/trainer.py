@@ -68,21 +68,27 @@ class TrainResult:
 class _Progress:
     """Step counter, data position and noise generator, saved in every checkpoint."""
 
-    def __init__(self, stream: Any, generator: torch.Generator):
+    def __init__(self, stream: Any, generator: torch.Generator, pretrain_stream: Any = None):
         self.step = 0
         self.items_seen = 0
         self.stream = stream
         self.generator = generator
+        self.pretrain_stream = pretrain_stream  # ReFL's pre-training-loss data, if any
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "items_seen": self.items_seen, "data": self.stream.state_dict(),
-                "generator": self.generator.get_state()}
+        state = {"step": self.step, "items_seen": self.items_seen, "data": self.stream.state_dict(),
+                 "generator": self.generator.get_state()}
+        if self.pretrain_stream is not None:
+            state["pretrain_data"] = self.pretrain_stream.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
         self.items_seen = int(state["items_seen"])
         self.stream.load_state_dict(state["data"])
         self.generator.set_state(state["generator"])
+        if self.pretrain_stream is not None:
+            self.pretrain_stream.load_state_dict(state["pretrain_data"])
 
 
 def _resume_key(cfg: TrainConfig) -> str:
@@ -208,13 +214,37 @@ class Trainer:
                 prompts = [t for it in items for t in it.texts]
                 images = [p for it in items for p in it.images]
                 self.encoder.precompute(prompts, images, cfg.data)
+        self.pretrain_stream = None
+        if self.method.step == "refl" and cfg.refl.pretrain_weight > 0:
+            self._setup_pretrain_data()
         self.generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + acc.process_index)
-        self.progress = _Progress(self.stream, self.generator)
+        self.progress = _Progress(self.stream, self.generator, self.pretrain_stream)
         if self.manifest is not None:
             self.manifest.extra.update({
                 "accumulation_steps": self.accumulation, "processes": world, "total_steps": self.total_steps,
                 "steps_per_epoch": steps_per_epoch, "items": len(items),
             })
+
+    def _setup_pretrain_data(self) -> None:
+        """ReFL's pre-training loss: a second stream of (caption, image) micro-batches (refl.pretrain_data)."""
+        from instructengine.train.data import BatchStream, ItemDataset, build_items
+
+        cfg, acc = self.cfg, self.acc
+        pcfg = cfg.refl.pretrain_data
+        if pcfg.resolution != cfg.data.resolution:
+            raise ValueError(f"refl.pretrain_data.resolution={pcfg.resolution} must equal data.resolution="
+                             f"{cfg.data.resolution} (ReFL samples and the pre-training images share the U-Net input size)")
+        items, n_in, dropped = build_items("samples", "single", pcfg)
+        if self.manifest is not None:
+            self.manifest.extra["pretrain_data"] = {"path": str(Path(pcfg.path).resolve()), "rows": n_in,
+                                                    "items": len(items), "dropped": dict(dropped)}
+        dataset = ItemDataset(items, pcfg, cfg.seed, load_pixels=not cfg.data.cache_latents)
+        self.pretrain_stream = BatchStream(dataset, cfg.micro_batch_size, cfg.seed, acc.process_index,
+                                           acc.num_processes, pcfg.num_workers)
+        if cfg.data.cache_text_embeddings or cfg.data.cache_latents:
+            with self._timed("cache"):
+                self.encoder.precompute([t for it in items for t in it.texts], [p for it in items for p in it.images],
+                                        pcfg)
 
     def _setup_optimizer(self) -> None:
         from diffusers.optimization import get_scheduler
@@ -353,8 +383,21 @@ class Trainer:
     def _refl_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         from instructengine.train.steps import refl_loss
 
-        return refl_loss(self.adapter, self.encoder, self.unet, batch["texts"][0], self.reward_fn, self.cfg.refl,
-                         self.cfg.data.resolution, self.generator, autocast=self.acc.autocast)
+        from instructengine.train.steps import combination_errors
+
+        cfg = self.cfg
+        loss, metrics = refl_loss(self.adapter, self.encoder, self.unet, batch["texts"][0], self.reward_fn, cfg.refl,
+                                  cfg.data.resolution, self.generator, autocast=self.acc.autocast)
+        if self.pretrain_stream is None:
+            return loss, metrics
+        # ImageReward's pre-training loss: the plain denoising MSE on (caption, image) pairs, t ~ U[min, max)
+        high = cfg.max_timestep or self.adapter.noise_scheduler.config.num_train_timesteps
+        err, _ = combination_errors(self.adapter, self.encoder, self.unet, None, self.pretrain_stream.next(), "single",
+                                    self.generator, timestep_range=(cfg.min_timestep, high), fused=cfg.fused_forward,
+                                    autocast=self.acc.autocast)
+        pretrain = err.mean()
+        metrics.update({"reward_loss": loss.item(), "pretrain_loss": pretrain.item()})
+        return loss + cfg.refl.pretrain_weight * pretrain, metrics
 
     # ------------------------------------------------------------------------------------------
     # train
