@@ -67,7 +67,7 @@ def test_prompt_list_to_candidates_to_reward_best_worst_to_reward_dpo(tmp_path):
                                                                           p in {i.prompt for i in instructions}]
     run = tmp_path / "run"
     cfg = make_config(run, candidates={"n_candidates": 4, "instructions_per_call": 2},
-                      baselines=[{"name": "oracle_bw", "scorers": [{"name": "shapes_oracle", "column": "share"}]}])
+                      baselines=[{"name": "oracle_bw", "scorers": [{"kind": "shapes_oracle", "column": "share"}]}])
     gen = MistakeRenderGenerator(every=2)  # half the candidates show a changed scene
     gen.fingerprint = cfg.generator.fingerprint()
     m = run_candidates(cfg, generator=gen, instructions=instructions)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from instructengine.evaluate.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from instructengine.scorers.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from instructengine.train.rewards import ImageRewardReward, clip_preprocess_tensor, load_reward
 from instructengine.train.trainer import run_training
 
@@ -73,7 +73,7 @@ def imagereward_files(tmp_path_factory):
 
 
 def test_imagereward_reward_equals_the_scorer_and_passes_gradients(imagereward_files):
-    from instructengine.evaluate.scorers import ScorerContext, build_scorer
+    from instructengine.scorers import ScorerContext, build_scorer
 
     reward = load_reward("imagereward", imagereward_files, "cpu")
     assert isinstance(reward, ImageRewardReward) and reward.size == 32

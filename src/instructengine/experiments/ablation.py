@@ -76,7 +76,7 @@ class Evaluation(Config):
 
     generator: GeneratorConfig = Field(
         default_factory=GeneratorConfig,
-        description="sampling settings; `model` defaults to the training's base weights and `unet` is set to each "
+        description="sampling settings; `model` (null: the training's base weights, where the kind allows null) and `unet` is set to each "
         "arm's trained U-Net (or LoRA)",
     )
     scorers: list[ScorerSpec] = Field(default_factory=list, min_length=1, description="scorers of every image")

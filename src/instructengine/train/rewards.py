@@ -118,7 +118,7 @@ class ImageRewardReward:
     def __init__(self, checkpoint: str = "THUDM/ImageReward/ImageReward.pt", med_config: str | None = None,
                  tokenizer: str = "bert-base-uncased", device: str | torch.device = "cpu", trust_pickle: bool = False,
                  antialias: bool = True):
-        from instructengine.evaluate.scorers import ScorerContext, build_scorer
+        from instructengine.scorers import ScorerContext, build_scorer
 
         options: dict[str, Any] = {"checkpoint": checkpoint, "tokenizer": tokenizer, "trust_pickle": trust_pickle}
         if med_config is not None:
@@ -132,7 +132,7 @@ class ImageRewardReward:
         self.antialias = antialias
 
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        from instructengine.evaluate.scorers.blip_scorers import (BLIP_TEXT_MAX_LENGTH, IMAGEREWARD_MEAN,
+        from instructengine.scorers.blip_scorers import (BLIP_TEXT_MAX_LENGTH, IMAGEREWARD_MEAN,
                                                                   IMAGEREWARD_STD)
 
         if len(images) != len(prompts):
