@@ -215,7 +215,7 @@ def test_click_to_zoom_shows_full_resolution_and_blocks_votes(study, browser_con
     assert "256 \u00d7 256 px" in page.text_content("#zoom-note")
     page.keyboard.press("1")  # switches the zoomed image, never votes
     page.keyboard.press("2")
-    assert "right image" in page.text_content("#zoom-note")
+    playwright_sync.expect(page.locator("#zoom-note")).to_contain_text("right image")  # updates once the image loads
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "07-annotate-zoom.png"))
     page.keyboard.press("Escape")
