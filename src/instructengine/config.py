@@ -17,6 +17,7 @@ from typing import Any, Iterable, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
+from instructengine.errors import UsageError
 
 __all__ = [
     "Config",
@@ -40,7 +41,7 @@ class Config(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError, ValueError):
     """A config could not be read or did not validate; the message says which field and why."""
 
 

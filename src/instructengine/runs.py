@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
+from instructengine.errors import UsageError
 
 __all__ = [
     "EmptyArtifactError",
@@ -89,7 +90,7 @@ def atomic_write_parquet(path: Path, table: Any) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
-class EmptyArtifactError(ValueError):
+class EmptyArtifactError(UsageError, ValueError):
     """A stage would replace an artifact that has rows with one that has none."""
 
 

@@ -41,6 +41,7 @@ from instructengine.runs import StageDir, atomic_write_text
 from instructengine.train.config import TrainConfig
 from instructengine.train.losses import LOSSES, per_sample_loss, preference_metrics
 from instructengine.train.methods import METHODS
+from instructengine.errors import UsageError
 
 __all__ = ["TrainResult", "Trainer", "TrainingDiverged", "run_training"]
 
@@ -53,7 +54,7 @@ _RESUME_FREE = ("checkpoint", "log_every_n_steps", "tensorboard", "max_steps", "
 _COMPLETE = "COMPLETE"
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(UsageError, RuntimeError):
     """The loss or the gradient norm became NaN/inf; the message names the step."""
 
 

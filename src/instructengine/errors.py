@@ -1,0 +1,182 @@
+"""Errors a user can fix, and the one place that turns them into one line on the command line.
+
+* :class:`UsageError` is the base (a mixin beside the builtin base each class keeps, e.g.
+  ``class ConfigError(UsageError, ValueError)``) of every error caused by input the user can fix:
+  a config value, an input file, a model name, a device. Its message names the setting or file,
+  the value and what would be right.
+* :func:`loading` turns the ``OSError`` of a model loader (a hub id that cannot be reached, a
+  folder without weights) into a :class:`ModelLoadError` naming the config field that gave it.
+* :func:`require_device` refuses a CUDA device on a machine without one before any work starts
+  (torch would fail later with ``AssertionError: Torch not compiled with CUDA enabled``).
+* :class:`App` is the ``typer.Typer`` of every command group: each command it registers runs under
+  :func:`reported`, which prints a known error as ONE line ``error: ...`` on stderr and exits 2;
+  an unknown error keeps its traceback. :func:`run_app` is every CLI's ``main(argv)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import Any, Callable, Iterator, Sequence
+
+import typer
+
+__all__ = [
+    "App",
+    "DeviceError",
+    "ModelLoadError",
+    "UsageError",
+    "is_known",
+    "loading",
+    "one_line",
+    "reported",
+    "require_device",
+    "run_app",
+]
+
+#: exit code of a command that stopped on a known error (click uses 2 for usage errors too)
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """Base of errors caused by input the user can fix; the command line shows their message alone."""
+
+
+class ModelLoadError(UsageError, OSError):
+    """A model named by a config field could not be loaded (hub unreachable, unknown id, no weights)."""
+
+    def __init__(self, field: str, value: Any, cause: BaseException):
+        self.field, self.value, self.cause = field, value, cause
+        first = next((line.strip() for line in str(cause).splitlines() if line.strip()), type(cause).__name__)
+        if len(first) > 240:
+            first = first[:237] + "..."
+        super().__init__(
+            f"{field}={str(value)!r} could not be loaded ({type(cause).__name__}: {first}); set {field} to a local "
+            "model folder or a Hub id this machine can reach (offline: fill the cache under HF_HOME first)"
+        )
+
+
+class DeviceError(UsageError, ValueError):
+    """A device or dtype setting this machine cannot run."""
+
+
+@contextlib.contextmanager
+def loading(field: str, value: Any) -> Iterator[None]:
+    """Run a model loader; its ``OSError`` becomes a :class:`ModelLoadError` naming ``field``.
+
+    Raises:
+        ModelLoadError: the loader raised an ``OSError`` (including huggingface_hub's HTTP and
+            cache errors, which derive from it) that is not already a :class:`UsageError`.
+    """
+    try:
+        yield
+    except UsageError:
+        raise
+    except OSError as err:
+        raise ModelLoadError(field, value, err) from err
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def require_device(field: str, device: Any) -> None:
+    """Refuse a CUDA device (``cuda``, ``cuda:1``) when torch sees none; other devices pass.
+
+    Raises:
+        DeviceError: ``device`` names CUDA and ``torch.cuda.is_available()`` is False.
+    """
+    text = str(device) if device is not None else ""
+    if not text.startswith("cuda") or cuda_available():
+        return
+    import torch
+
+    why = "this torch build has no CUDA" if torch.version.cuda is None else "torch sees no CUDA device here"
+    raise DeviceError(f"{field}={text!r} needs a CUDA device and {why}; use {field}=cpu (or run on a GPU machine)")
+
+
+def _validation_text(err: Exception) -> str:
+    from instructengine.config import _format_validation_error
+
+    return _format_validation_error(err, getattr(err, "title", None) or "input")
+
+
+def is_known(err: BaseException) -> bool:
+    """True for the errors the command line reports as one line (see the module docstring)."""
+    from pydantic import ValidationError
+
+    return isinstance(err, (UsageError, ValidationError, FileNotFoundError))
+
+
+def one_line(err: BaseException) -> str:
+    """The message of ``err`` on one line (a multi-line message's lines joined by ``; ``)."""
+    from pydantic import ValidationError
+
+    text = _validation_text(err) if isinstance(err, ValidationError) else str(err)
+    if isinstance(err, FileNotFoundError) and err.filename and str(err.filename) not in text:
+        text = f"{text} ({err.filename})"
+    parts = [p.strip() for p in text.splitlines() if p.strip()]
+    joined = ""
+    for p in parts:  # "invalid config (x):" + "  a: b" reads as "invalid config (x): a: b"
+        joined = p if not joined else joined + (" " if joined.endswith(":") else "; ") + p
+    return joined or type(err).__name__
+
+
+def reported(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate a command: a known error is printed as ``error: <one line>`` on stderr, exit 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as err:
+            if not is_known(err):
+                raise
+            typer.echo(f"error: {one_line(err)}", err=True)
+            raise typer.Exit(EXIT_USAGE) from None
+
+    wrapper.__instructengine_reported__ = True  # type: ignore[attr-defined]
+    return wrapper
+
+
+class App(typer.Typer):
+    """``typer.Typer`` whose commands report known errors as one line (:func:`reported`)."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        register = super().command(*args, **kwargs)
+
+        def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
+            register(fn if getattr(fn, "__instructengine_reported__", False) else reported(fn))
+            return fn
+
+        return decorator
+
+    def callback(self, *args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        register = super().callback(*args, **kwargs)
+
+        def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
+            register(reported(fn))
+            return fn
+
+        return decorator
+
+
+def run_app(app: typer.Typer, argv: Sequence[str] | None = None) -> int:
+    """Run ``app`` in-process with ``argv`` (None: ``sys.argv``) and return the exit code; usage
+    errors (a bad option) are shown the way click shows them."""
+    try:
+        rv = app(args=list(argv) if argv is not None else None, standalone_mode=False)
+    except typer.Exit as err:
+        return int(err.exit_code)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        return 1
+    except typer.TyperException as err:  # a usage error (bad option, missing argument): click's message
+        show = getattr(err, "show", None)
+        show() if callable(show) else typer.echo(f"error: {err.format_message()}", err=True)
+        return int(err.exit_code)
+    return rv if isinstance(rv, int) else 0
