@@ -141,6 +141,9 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
             lines.append(f"  {loc}: unknown field (value {value!r}); check the spelling against the config class")
         elif e["type"] == "missing":
             lines.append(f"  {loc}: required field is missing")
+        elif e["type"] == "value_error" and isinstance(value, dict):  # a check across fields names them itself
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"  {msg}" if not e["loc"] else f"  {loc}: {msg}")
         else:
             lines.append(f"  {loc} = {value!r}: {e['msg']}")
     return "\n".join(lines)

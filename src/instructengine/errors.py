@@ -45,15 +45,14 @@ class UsageError(Exception):
 class ModelLoadError(UsageError, OSError):
     """A model named by a config field could not be loaded (hub unreachable, unknown id, no weights)."""
 
-    def __init__(self, field: str, value: Any, cause: BaseException):
+    def __init__(self, field: str, value: Any, cause: BaseException, hint: str | None = None):
         self.field, self.value, self.cause = field, value, cause
         first = next((line.strip() for line in str(cause).splitlines() if line.strip()), type(cause).__name__)
         if len(first) > 240:
             first = first[:237] + "..."
-        super().__init__(
-            f"{field}={str(value)!r} could not be loaded ({type(cause).__name__}: {first}); set {field} to a local "
-            "model folder or a Hub id this machine can reach (offline: fill the cache under HF_HOME first)"
-        )
+        hint = hint or (f"set {field} to a local model folder or a Hub id this machine can reach "
+                        "(offline: fill the cache under HF_HOME first)")
+        super().__init__(f"{field}={str(value)!r} could not be loaded ({type(cause).__name__}: {first}); {hint}")
 
 
 class DeviceError(UsageError, ValueError):
@@ -61,7 +60,7 @@ class DeviceError(UsageError, ValueError):
 
 
 @contextlib.contextmanager
-def loading(field: str, value: Any) -> Iterator[None]:
+def loading(field: str, value: Any, hint: str | None = None) -> Iterator[None]:
     """Run a model loader; its ``OSError`` becomes a :class:`ModelLoadError` naming ``field``.
 
     Raises:
@@ -73,7 +72,7 @@ def loading(field: str, value: Any) -> Iterator[None]:
     except UsageError:
         raise
     except OSError as err:
-        raise ModelLoadError(field, value, err) from err
+        raise ModelLoadError(field, value, err, hint) from err
 
 
 def cuda_available() -> bool:
@@ -94,7 +93,7 @@ def require_device(field: str, device: Any) -> None:
     import torch
 
     why = "this torch build has no CUDA" if torch.version.cuda is None else "torch sees no CUDA device here"
-    raise DeviceError(f"{field}={text!r} needs a CUDA device and {why}; use {field}=cpu (or run on a GPU machine)")
+    raise DeviceError(f"{field}={text!r} needs a CUDA device and {why}; set it to 'cpu' (or run on a GPU machine)")
 
 
 def _validation_text(err: Exception) -> str:

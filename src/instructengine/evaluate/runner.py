@@ -70,7 +70,14 @@ class _ScorerPool:
 
 
 def evaluate(cfg: EvalConfig, log: Log = print) -> dict[str, Path]:
-    """Generate, score and summarise every model of ``cfg``; return {model name: its eval folder}."""
+    """Generate, score and summarise every model of ``cfg``; return {model name: its eval folder}.
+
+    Raises:
+        instructengine.errors.DeviceError: ``device`` is CUDA on a machine without one (before any work).
+    """
+    from instructengine.errors import require_device
+
+    require_device("device", cfg.device)
     ps = load_benchmark(cfg.benchmark)
     seeds = seeds_for(cfg.images_per_prompt, cfg.seed, cfg.seeds)
     pool = _ScorerPool(cfg.device, cfg.scorer_dtype, cfg.run_dir)

@@ -343,7 +343,8 @@ class TrainConfig(Config):
     min_timestep: int = Field(0, ge=0, description="training timesteps are drawn uniformly in [min_timestep, max_timestep)")
     max_timestep: int | None = Field(None, ge=1, description="upper bound (exclusive); None: num_train_timesteps")
     mixed_precision: Literal["no", "fp16", "bf16"] = Field(
-        "no", description="accelerate mixed precision (paper: half precision); master weights stay float32"
+        "no", description="accelerate mixed precision (paper: half precision); master weights stay float32. fp16 "
+        "needs a CUDA device (CPU matmuls refuse half inputs); bf16 autocast also runs on CPU"
     )
     gradient_checkpointing: bool = Field(False, description="recompute U-Net activations in backward to save memory")
     fused_forward: bool = Field(
@@ -364,6 +365,11 @@ class TrainConfig(Config):
         "float32", description="dtype of the saved U-Net / LoRA weights"
     )
 
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, v: Any) -> Any:
+        return "no" if v is False else v  # YAML 1.1 reads a bare `no` as false
+
     @field_validator("method")
     @classmethod
     def _known_method(cls, v: str) -> str:
@@ -380,6 +386,9 @@ class TrainConfig(Config):
                 f"batch_size={self.batch_size} is not a multiple of micro_batch_size={self.micro_batch_size}; "
                 "the effective batch must be micro_batch_size x accumulation steps x processes"
             )
+        if self.mixed_precision == "fp16" and self.device == "cpu":
+            raise ValueError("mixed_precision='fp16' needs a CUDA device and device='cpu' forces the CPU (CPU matmuls "
+                             "refuse half inputs); use mixed_precision=bf16 (CPU autocast) or mixed_precision=no")
         if self.max_timestep is not None and self.max_timestep <= self.min_timestep:
             raise ValueError(f"max_timestep={self.max_timestep} must be > min_timestep={self.min_timestep}")
         for name in ("sft_weight", "anchor_weight"):
@@ -393,6 +402,21 @@ class TrainConfig(Config):
                 raise ValueError(f"loss.{name} applies to the DPO-family methods (cv_dpo, diffusion_dpo, "
                                  f"four_triple_dpo, reward_dpo), not to method={self.method!r}")
         return self
+
+    def check_runnable(self) -> None:
+        """Refuse, before any work, what this machine cannot run: fp16 mixed precision where training
+        would run on the CPU (``device: cpu``, or ``auto`` without CUDA), where torch fails at the first
+        matmul with ``c10::Half != float``.
+
+        Raises:
+            instructengine.errors.DeviceError: naming ``mixed_precision`` and what would run here.
+        """
+        from instructengine.errors import DeviceError, cuda_available
+
+        if self.mixed_precision == "fp16" and (self.device == "cpu" or not cuda_available()):
+            where = "device='cpu'" if self.device == "cpu" else "this machine has no CUDA device"
+            raise DeviceError(f"mixed_precision='fp16' needs a CUDA device ({where}); use mixed_precision=bf16 "
+                              "(CPU autocast) or mixed_precision=no on CPU")
 
     @property
     def output_name(self) -> str:

@@ -533,7 +533,12 @@ class Trainer:
 
 
 def run_training(cfg: TrainConfig) -> TrainResult:
-    """Train (or resume, or skip when already complete with this config) and return where the output is."""
+    """Train (or resume, or skip when already complete with this config) and return where the output is.
+
+    Raises:
+        instructengine.errors.DeviceError: a precision this machine cannot run (before any work).
+    """
+    cfg.check_runnable()
     stage = StageDir(cfg.run_dir, f"train/{cfg.output_name}")
     manifest = stage.read_manifest()
     if stage.is_complete(config_hash(cfg)) and manifest and manifest.get("outputs", {}).get("final"):
