@@ -20,6 +20,7 @@ __all__ = [
     "PromptListConfig",
     "LoraConfig",
     "LossConfig",
+    "ModelCardConfig",
     "ModelConfig",
     "OptimConfig",
     "ReflConfig",
@@ -312,6 +313,19 @@ class CheckpointConfig(Config):
     )
 
 
+class ModelCardConfig(Config):
+    """What the model card of the trained output (``final/README.md``) says beyond the run itself."""
+
+    license: str | None = Field(
+        None, description="license of the trained weights (null: the base model's when it is a known default - "
+        "creativeml-openrail-m for SD1.5, openrail++ for SDXL - else 'other')"
+    )
+    datasets: list[str] = Field(
+        default_factory=list, description="Hub ids of the training data, for the card's `datasets` (e.g. where the "
+        "dataset folder was pushed); empty: the card names the data folder only"
+    )
+
+
 class TrainConfig(Config):
     """One alignment training run: method, model, data, optimisation, checkpoints, logging."""
 
@@ -364,6 +378,7 @@ class TrainConfig(Config):
     save_dtype: Literal["float32", "float16", "bfloat16"] = Field(
         "float32", description="dtype of the saved U-Net / LoRA weights"
     )
+    card: ModelCardConfig = Field(default_factory=ModelCardConfig, description="model card of the trained output")
 
     @field_validator("mixed_precision", mode="before")
     @classmethod
