@@ -145,6 +145,13 @@ class DatasetConfig(Config):
         "hardlink", description="How kept images enter the dataset folder (hardlink falls back to copy across filesystems)."
     )
     histograms: bool = Field(True, description="Write PNG histograms of kept samples per theme and per dimension.")
+    license: str = Field(
+        "other", description="License in the dataset card's front matter (a Hub license id, e.g. cc-by-4.0; 'other' "
+        "when the generator's and the LLM's terms decide)."
+    )
+    pretty_name: str = Field("InstructEngine preference dataset", description="Title of the dataset card.")
+    tags: list[str] = Field(default_factory=list, description="Extra tags of the dataset card (beside instructengine, "
+                            "preference, dpo, text-to-image).")
 
 
 #: Named baselines: what they fix (scorers, weights, scales, normalisation, reward arithmetic).
