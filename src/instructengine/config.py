@@ -145,7 +145,7 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
             msg = e["msg"].removeprefix("Value error, ")
             lines.append(f"  {msg}" if not e["loc"] else f"  {loc}: {msg}")
         else:
-            lines.append(f"  {loc} = {value!r}: {e['msg']}")
+            lines.append(f"  {loc} = {value!r}: {e['msg'].removeprefix('Value error, ')}")
     return "\n".join(lines)
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "one_line",
     "reported",
     "require_device",
+    "require_devices",
     "run_app",
 ]
 
@@ -94,6 +95,27 @@ def require_device(field: str, device: Any) -> None:
 
     why = "this torch build has no CUDA" if torch.version.cuda is None else "torch sees no CUDA device here"
     raise DeviceError(f"{field}={text!r} needs a CUDA device and {why}; set it to 'cpu' (or run on a GPU machine)")
+
+
+def require_devices(config: Any, where: str) -> None:
+    """:func:`require_device` on every ``device`` field inside a config section (nested sections and
+    lists included), each named by its dotted path, e.g. ``baselines.0.scorers.1.device``.
+
+    Raises:
+        DeviceError: the first CUDA device found on a machine without one.
+    """
+    from pydantic import BaseModel
+
+    if isinstance(config, BaseModel):
+        for name in type(config).model_fields:
+            value = getattr(config, name)
+            if name == "device" and isinstance(value, str):
+                require_device(f"{where}.device", value)
+            else:
+                require_devices(value, f"{where}.{name}")
+    elif isinstance(config, (list, tuple)):
+        for i, item in enumerate(config):
+            require_devices(item, f"{where}.{i}")
 
 
 def _validation_text(err: Exception) -> str:

@@ -108,17 +108,17 @@ def demo(out: Path = typer.Option(Path("runs/train-demo"), help="output folder")
     from instructengine.train.tiny import save_model, tiny_clip_model, tiny_components, write_candidates, write_samples
     from instructengine.train.trainer import run_training
 
-    if not (out / "model").exists():
-        save_model(kind, tiny_components(kind), out / "model")
-        write_samples(out / "data", n=8, size=16)
-        write_candidates(out / "data", size=16)
-        tiny_clip_model(out / "clip", image_size=16)
     cfg = TrainConfig.model_validate({
         "method": method, "run_dir": str(out / "runs"), "model": {"kind": kind, "path": str(out / "model")},
         "data": {"path": str(out / "data"), "resolution": 16}, "batch_size": 4, "micro_batch_size": 2,
         "max_steps": 2, "device": "cpu", "optim": {"lr": 1e-4},
         "refl": {"reward_kwargs": {"path": str(out / "clip")}, "num_inference_steps": 4, "late_step_min": 2},
     })
+    if not (out / "model").exists():
+        save_model(kind, tiny_components(kind), out / "model")
+        write_samples(out / "data", n=8, size=16)
+        write_candidates(out / "data", size=16)
+        tiny_clip_model(out / "clip", image_size=16)
     result = run_training(cfg)
     typer.echo((result.output_dir / "metrics.jsonl").read_text())
     typer.echo(f"output {result.final_path}")
