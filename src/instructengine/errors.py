@@ -24,6 +24,7 @@ import typer
 __all__ = [
     "App",
     "DeviceError",
+    "ModelFileNotFoundError",
     "ModelLoadError",
     "UsageError",
     "is_known",
@@ -56,6 +57,10 @@ class ModelLoadError(UsageError, OSError):
         super().__init__(f"{field}={str(value)!r} could not be loaded ({type(cause).__name__}: {first}); {hint}")
 
 
+class ModelFileNotFoundError(ModelLoadError, FileNotFoundError):
+    """A model named by a config field lacks a file (a folder without ``model_index.json``, ...)."""
+
+
 class DeviceError(UsageError, ValueError):
     """A device or dtype setting this machine cannot run."""
 
@@ -73,7 +78,8 @@ def loading(field: str, value: Any, hint: str | None = None) -> Iterator[None]:
     except UsageError:
         raise
     except OSError as err:
-        raise ModelLoadError(field, value, err, hint) from err
+        cls = ModelFileNotFoundError if isinstance(err, FileNotFoundError) else ModelLoadError
+        raise cls(field, value, err, hint) from err
 
 
 def cuda_available() -> bool:
