@@ -9,14 +9,16 @@
 * :func:`require_device` refuses a CUDA device on a machine without one before any work starts
   (torch would fail later with ``AssertionError: Torch not compiled with CUDA enabled``).
 * :class:`App` is the ``typer.Typer`` of every command group: each command it registers runs under
-  :func:`reported`, which prints a known error as ONE line ``error: ...`` on stderr and exits 2;
-  an unknown error keeps its traceback. :func:`run_app` is every CLI's ``main(argv)``.
+  :func:`reported`, which prints a known error (:func:`is_known`) as ONE line ``error: ...`` on
+  stderr and exits 2; an unknown error keeps its traceback. :func:`run_app` is every CLI's
+  ``main(argv)``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import typer
@@ -130,11 +132,33 @@ def _validation_text(err: Exception) -> str:
     return _format_validation_error(err, getattr(err, "title", None) or "input")
 
 
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def raised_by_the_library(err: BaseException) -> bool:
+    """True when ``err`` was raised by a ``raise`` statement in this package (its last traceback
+    frame is one of our modules), not by numpy, torch or another library we called."""
+    tb = err.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    try:
+        return Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(_PACKAGE)
+    except (OSError, ValueError):
+        return False
+
+
 def is_known(err: BaseException) -> bool:
-    """True for the errors the command line reports as one line (see the module docstring)."""
+    """True for the errors the command line reports as one line: a :class:`UsageError`, pydantic's
+    ``ValidationError``, a ``FileNotFoundError``, and the ``ValueError`` / ``RuntimeError`` checks of
+    this package (their messages are written for the user: "Raises: ValueError naming ..."). The
+    same exceptions raised inside another library (a shape mismatch in torch) are unknown."""
     from pydantic import ValidationError
 
-    return isinstance(err, (UsageError, ValidationError, FileNotFoundError))
+    if isinstance(err, (UsageError, ValidationError, FileNotFoundError)):
+        return True
+    return isinstance(err, (ValueError, RuntimeError)) and raised_by_the_library(err)
 
 
 def one_line(err: BaseException) -> str:

@@ -1,6 +1,7 @@
 """Every command line reports a known error as ONE line on stderr and exits 2; unknown errors keep
 their traceback (instructengine.errors, one place for all command groups)."""
 
+import numpy as np
 import pytest
 import torch
 import typer
@@ -84,8 +85,14 @@ def test_unknown_errors_keep_their_traceback(capsys):
 
     @app.command()
     def boom(kind: str) -> None:
+        from instructengine.images.baselines import normalize_scores
+
         if kind == "bug":
             raise KeyError("a bug in the library")
+        if kind == "foreign":
+            int("not a number")  # a ValueError raised outside instructengine: a bug to show in full
+        if kind == "check":
+            normalize_scores(np.array([1.0, 2.0]), "bogus")  # one of the library's own checks: its message is for the user
         raise FileNotFoundError(2, "No such file or directory", "data/samples.parquet")
 
     @app.command()
@@ -94,6 +101,10 @@ def test_unknown_errors_keep_their_traceback(capsys):
 
     with pytest.raises(KeyError, match="a bug in the library"):
         run_app(app, ["boom", "bug"])
+    with pytest.raises(ValueError, match="invalid literal"):
+        run_app(app, ["boom", "foreign"])
+    assert run_app(app, ["boom", "check"]) == 2
+    assert capsys.readouterr().err.strip() == "error: normalize must be none, zscore or minmax, got 'bogus'"
     assert run_app(app, ["boom", "missing"]) == 2
     assert capsys.readouterr().err.strip() == "error: [Errno 2] No such file or directory: 'data/samples.parquet'"
     assert run_app(app, ["fine"]) == 0 and capsys.readouterr().out == "ok\n"
