@@ -228,3 +228,7 @@ def test_agfsync_judge_protocol_forced_choice_win_rate(server, recorder, tmp_pat
     assert (j.groupby(["prompt_index", "seed", "question"]).size() == 1).all()  # one order per comparison
     r = pd.read_parquet(folder / "results.parquet")
     assert set(r["outcome"]) == {"win", "loss", "unanswered"}
+    from instructengine.evaluate.report import report
+
+    md = Path(report(cfg, log=lambda s: None)["markdown"]).read_text()
+    assert "## VLM judge (AGFSync's protocol: one order, forced A/B choice)" in md

@@ -181,4 +181,4 @@ def test_pairwise_judge_both_orders_cancel_position_bias(server, tmp_path):
     r = pd.read_parquet(folder / "results.parquet")
     assert (r["outcome"] == "unanswered").sum() == 2 * 3
     md = report(cfg, log=lambda s: None)["markdown"].read_text()
-    assert "## VLM judge (both image orders)" in md and "| redder | general_preference | 100.0% |" in md
+    assert "## VLM judge (both image orders, ties allowed)" in md and "| redder | general_preference | 100.0% |" in md

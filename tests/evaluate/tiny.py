@@ -17,24 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from instructengine.train.tiny import bytes_to_unicode  # CLIP's byte -> printable character table
+
 WORDS = ["a", "red", "blue", "green", "car", "dog", "cat", "circle", "square", "two", "three", "on", "the", "of",
          "plate", "spoon", "amp", "and"]
 
 
 # ----------------------------------------------------------------------------------------- tokenizers
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """CLIP's byte -> printable character table (``simple_tokenizer.bytes_to_unicode``)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1)) + list(range(ord("\xae"), ord("\xff") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs]))
 
 
 def write_clip_tokenizer(folder: Path) -> tuple[int, int]:
@@ -47,7 +36,7 @@ def write_clip_tokenizer(folder: Path) -> tuple[int, int]:
     from transformers import CLIPTokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
-    chars = list(_bytes_to_unicode().values())
+    chars = list(bytes_to_unicode().values())
     tokens = chars + [c + "</w>" for c in chars]
     merges: list[str] = []
     for w in WORDS:

@@ -29,8 +29,10 @@ def eval_command(config: Path = _CONFIG, overrides: Optional[List[str]] = _OVERR
     from instructengine.evaluate.runner import evaluate
 
     cfg = _load(config, overrides)
-    evaluate(cfg, log=typer.echo)
-    if cfg.report.after_eval:
+    from accelerate import PartialState
+
+    evaluate(cfg, log=typer.echo)  # on every process of an `accelerate launch`: each takes a slice
+    if cfg.report.after_eval and PartialState().is_main_process:
         report(cfg, log=typer.echo)
 
 

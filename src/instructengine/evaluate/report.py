@@ -37,7 +37,7 @@ __all__ = ["ReportData", "build_report_data", "report"]
 
 AVERAGE = "Average"
 LABELS = {"pickscore": "PickScore", "imagereward": "ImageReward", "hpsv2": "HPSv2", "clip": "CLIP",
-          "blip": "BLIP", "aesthetic": "Aesthetic", "ict": "ICT", "hp": "HP", "vqa": "VQA", AVERAGE: AVERAGE}
+          "blip": "BLIP", "aesthetic": "Aesthetic", "ict": "ICT", "hp": "HP", "ict_hp": "ICT×HP", "vqa": "VQA", AVERAGE: AVERAGE}
 
 
 def _label(metric: str) -> str:
@@ -463,7 +463,7 @@ def render_markdown(data: ReportData, title: str, chart_files: dict[str, str], g
                _md_table(*_relative_rows(data)), "",
                "Bracket: paired bootstrap interval of the difference, as % of the base mean; * = the interval excludes 0.", ""]
     if data.judge:
-        md += ["## VLM judge (both image orders)", "", _md_table(*_judge_rows(data)), ""]
+        md += [f"## VLM judge ({_judge_protocol(data)})", "", _md_table(*_judge_rows(data)), ""]
     md += ["## Charts", ""]
     for name, f in chart_files.items():
         md += [f"![{name}]({f})", ""]
@@ -484,6 +484,13 @@ def _paper_note(data: ReportData) -> str:
 
 def _conf_pct(data: ReportData) -> str:
     return f"{100 * data.confidence:g}"
+
+
+def _judge_protocol(data: ReportData) -> str:
+    """How the judge asked, from the summaries: ours (both image orders, ties) or AGFSync's (one order, forced choice)."""
+    kinds = sorted({res.get("protocol", "instructengine") for res in data.judge.values()})
+    text = {"instructengine": "both image orders, ties allowed", "agfsync": "AGFSync's protocol: one order, forced A/B choice"}
+    return "; ".join(text.get(k, k) for k in kinds)
 
 
 def _judge_rows(data: ReportData) -> tuple[list[str], list[list[str]]]:
@@ -518,7 +525,7 @@ def render_html(data: ReportData, title: str, charts: dict[str, bytes], folders:
         parts += [f"<h2>Relative change vs {e(data.base)}</h2>", _html_table(*_relative_rows(data)),
                   "<p class='note'>Bracket: paired bootstrap interval of the difference, as % of the base mean; * = excludes 0.</p>"]
     if data.judge:
-        parts += ["<h2>VLM judge (both image orders)</h2>", _html_table(*_judge_rows(data))]
+        parts += [f"<h2>VLM judge ({e(_judge_protocol(data))})</h2>", _html_table(*_judge_rows(data))]
     parts.append("<h2>Charts</h2>")
     parts += [f"<p><img alt='{e(k)}' src='{_b64(v)}'></p>" for k, v in charts.items()]
     parts.append("<h2>Per category</h2>")

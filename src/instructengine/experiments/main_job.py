@@ -23,9 +23,10 @@ config file. On the command line a dotted override whose first key is a stage an
 not a field of the stage reference goes to that stage's config: ``train.max_steps=2`` is
 ``train.overrides+=[max_steps=2]``, ``eval.models.base.model=/weights`` names the base by its name.
 
-Under ``accelerate launch`` every process runs the job: the candidates stage and each training
-spread over all processes; the text stages, the judge, the evaluation, the report and the review
-run on the main process while the others wait.
+Under ``accelerate launch`` every process runs the job: the candidates stage, each training and
+the evaluation's generation and scoring spread over all processes (one node of 8 GPUs or several
+nodes); the text stages, the image judge, the VLM pairwise judge, the report and the review run on
+the main process while the others wait.
 """
 
 from __future__ import annotations
@@ -255,7 +256,7 @@ def run_main_job(cfg: MainJobConfig, log=print) -> Path:
                 if main:
                     log(f"[train] {name} ({tcfg.method}): {result.steps} steps -> {result.final_path}"
                         + (" (already complete)" if result.skipped else ""))
-        elif main and stage == "eval":
+        elif stage == "eval":  # every process: each generates and scores its slice
             from instructengine.evaluate.runner import evaluate
 
             evaluate(configs["eval"], log=log)

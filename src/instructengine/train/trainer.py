@@ -528,7 +528,11 @@ class Trainer:
         if hasattr(self, "acc"):
             from accelerate.state import AcceleratorState, GradientState
 
-            self.acc.end_training()
+            # not acc.end_training(): it also destroys the process group, which the main job's next
+            # stages (another method's training, the spread evaluation) still use
+            for tracker in self.acc.trackers:
+                tracker.finish()
+            self.acc.wait_for_everyone()
             # accelerate keeps a process-wide singleton; reset it so the next run in this process
             # (ablation arms, tests) may choose another mixed precision
             AcceleratorState._reset_state(reset_partial_state=False)
