@@ -300,10 +300,14 @@ class BackendConfig(Config):
 
 def build_embedder(cfg: EmbedderConfig) -> TextEmbedder:
     """Construct the embedder an :class:`EmbedderConfig` names."""
+    from instructengine.errors import loading, require_device
+
     if cfg.kind == "clip":
-        return CLIPTextEmbedder.from_pretrained(
-            cfg.model, device=cfg.device, batch_size=cfg.batch_size, local_files_only=cfg.local_files_only
-        )
+        require_device("embedder.device", cfg.device)
+        with loading("embedder.model", cfg.model):
+            return CLIPTextEmbedder.from_pretrained(
+                cfg.model, device=cfg.device, batch_size=cfg.batch_size, local_files_only=cfg.local_files_only
+            )
     from instructengine import registry
 
     embedder = registry.instantiate("embedder", cfg.kind, where="embedder.kind", **cfg.options)

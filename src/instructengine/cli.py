@@ -12,13 +12,14 @@ from typing import List, Optional
 import typer
 
 from instructengine import registry
+from instructengine.errors import App, run_app
 from instructengine.evaluate.cli import eval_command, report_command
 from instructengine.humaneval.cli import app as review_app
 from instructengine.images.cli import app as images_app
 from instructengine.pipeline_cli import app as data_app
 from instructengine.train.cli import app as train_app
 
-app = typer.Typer(
+app = App(
     help="InstructEngine: instruction-driven text-to-image alignment (taxonomy -> preference data -> "
     "cross-validation DPO -> evaluation).",
     no_args_is_help=True,
@@ -37,27 +38,16 @@ app.add_typer(review_app, name="review")
 def run(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (MainJobConfig)"),
         overrides: Optional[List[str]] = typer.Argument(None, help="dotted overrides key.sub=value")) -> None:
     """The whole method in one run, on any bundle: data -> training of every method -> evaluation -> report -> review."""
-    from instructengine.config import ConfigError
     from instructengine.experiments.main_job import load_main_job, run_main_job
 
-    try:
-        cfg = load_main_job(config, overrides or [])
-        out = run_main_job(cfg, log=typer.echo)
-    except ConfigError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
-    typer.echo(str(out))
+    cfg = load_main_job(config, overrides or [])
+    typer.echo(str(run_main_job(cfg, log=typer.echo)))
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit code (``argv=None`` reads sys.argv)."""
-    try:
-        result = app(args=argv, standalone_mode=False)
-    except typer.Exit as e:
-        return int(e.exit_code)
-    except SystemExit as e:
-        return int(e.code or 0)
-    return int(result or 0) if isinstance(result, int) else 0
+    """Entry point; returns the exit code (``argv=None`` reads sys.argv). A known error (see
+    :mod:`instructengine.errors`) ends as one line on stderr and exit code 2."""
+    return run_app(app, argv)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from typing import Any, Iterable, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
+from instructengine.errors import UsageError
 
 __all__ = [
     "Config",
@@ -40,7 +41,7 @@ class Config(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError, ValueError):
     """A config could not be read or did not validate; the message says which field and why."""
 
 
@@ -140,8 +141,11 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
             lines.append(f"  {loc}: unknown field (value {value!r}); check the spelling against the config class")
         elif e["type"] == "missing":
             lines.append(f"  {loc}: required field is missing")
+        elif e["type"] == "value_error" and isinstance(value, dict):  # a check across fields names them itself
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"  {msg}" if not e["loc"] else f"  {loc}: {msg}")
         else:
-            lines.append(f"  {loc} = {value!r}: {e['msg']}")
+            lines.append(f"  {loc} = {value!r}: {e['msg'].removeprefix('Value error, ')}")
     return "\n".join(lines)
 
 

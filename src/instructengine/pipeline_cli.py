@@ -12,24 +12,20 @@ from typing import List, Optional
 
 import typer
 
-app = typer.Typer(help="Text stages of the data pipeline: taxonomy -> entities -> instruction pairs.", no_args_is_help=True)
+from instructengine.errors import App, run_app
+
+app = App(help="Text stages of the data pipeline: taxonomy -> entities -> instruction pairs.", no_args_is_help=True)
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config (TextPipelineConfig); defaults when omitted.")
 OverridesArg = typer.Argument(None, help="Dotted overrides key.sub=value, applied after the file.")
 
 
 def _run(config: Optional[Path], overrides: Optional[List[str]], stages: tuple[str, ...]) -> None:
-    from instructengine.config import ConfigError, load_config
-    from instructengine.llm.errors import PermanentLLMError
-    from instructengine.taxonomy.review import ReviewError
+    from instructengine.config import load_config
     from instructengine.text_pipeline import TextPipelineConfig, run_text_stages
 
-    try:
-        cfg = load_config(TextPipelineConfig, config, overrides or [])
-        manifests = run_text_stages(cfg, stages)
-    except (ConfigError, PermanentLLMError, ReviewError, FileNotFoundError, ValueError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
+    cfg = load_config(TextPipelineConfig, config, overrides or [])
+    manifests = run_text_stages(cfg, stages)
     for name, m in manifests.items():
         d = m.to_dict()["counts"]
         usage = m.extra.get("llm_usage") or {}
@@ -66,30 +62,19 @@ def text(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = Ov
 @app.command()
 def review(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = OverridesArg) -> None:
     """Check <run_dir>/taxonomy/review.csv against taxonomy.json and print what it changes."""
-    from instructengine.config import ConfigError, load_config
-    from instructengine.taxonomy.review import ReviewError, load_reviewed_taxonomy
+    from instructengine.config import load_config
+    from instructengine.taxonomy.review import load_reviewed_taxonomy
     from instructengine.text_pipeline import TextPipelineConfig
 
-    try:
-        cfg = load_config(TextPipelineConfig, config, overrides or [])
-        taxonomy, edits = load_reviewed_taxonomy(Path(cfg.run_dir) / "taxonomy")
-    except (ConfigError, ReviewError, FileNotFoundError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
+    cfg = load_config(TextPipelineConfig, config, overrides or [])
+    taxonomy, edits = load_reviewed_taxonomy(Path(cfg.run_dir) / "taxonomy")
     typer.echo(f"review ok: {len(taxonomy.themes)} themes, {taxonomy.n_subtopics} subtopics; edits {json.dumps(edits)}")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Run the CLI in-process with ``argv``; return the exit code."""
-    import click
-
-    try:
-        code = app(args=argv, standalone_mode=False)
-    except click.ClickException as err:  # usage errors: bad option, missing argument
-        err.show()
-        return err.exit_code
-    return code if isinstance(code, int) else 0
+    """Run the CLI in-process with ``argv``; return the exit code (known errors: one line, 2)."""
+    return run_app(app, argv)
 
 
 if __name__ == "__main__":
-    app()
+    raise SystemExit(main())

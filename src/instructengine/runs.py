@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
+from instructengine.errors import UsageError
 
 __all__ = [
     "EmptyArtifactError",
@@ -36,8 +37,10 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_parquet",
+    "atomic_write_safetensors",
     "atomic_write_text",
     "package_versions",
+    "share_files",
 ]
 
 _VERSIONED = (
@@ -48,6 +51,10 @@ _VERSIONED = (
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+#: modes of what a run writes: 0644 / 0755 under the usual umask 022 (readable by the group, so
+#: teammates on a shared cluster can read a run's outputs)
+FILE_MODE = 0o666 & ~_UMASK
+DIR_MODE = 0o777 & ~_UMASK
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
@@ -56,7 +63,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file ordinary permissions
+        os.chmod(tmp, FILE_MODE)  # mkstemp creates 0600; give the file ordinary permissions
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -89,7 +96,30 @@ def atomic_write_parquet(path: Path, table: Any) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
-class EmptyArtifactError(ValueError):
+def atomic_write_safetensors(path: Path, tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> Path:
+    """Write tensors as a safetensors file atomically, with ordinary permissions (safetensors'
+    own ``save_file`` writes through a 0600 temporary file)."""
+    from safetensors.torch import save
+
+    return atomic_write_bytes(path, save(tensors, metadata=metadata))
+
+
+def share_files(root: Path) -> Path:
+    """Give every file (and folder) under ``root`` the ordinary modes :data:`FILE_MODE` /
+    :data:`DIR_MODE`; for folders written by a library's ``save_pretrained`` (diffusers,
+    transformers), whose safetensors files come out 0600. Call it before renaming the folder into
+    place. Returns ``root``."""
+    root = Path(root)
+    for dirpath, dirnames, filenames in os.walk(root):
+        os.chmod(dirpath, DIR_MODE)
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                os.chmod(path, FILE_MODE)
+    return root
+
+
+class EmptyArtifactError(UsageError, ValueError):
     """A stage would replace an artifact that has rows with one that has none."""
 
 

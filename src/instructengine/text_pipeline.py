@@ -21,6 +21,7 @@ from instructengine.instructions.config import PairsConfig
 from instructengine.llm.config import LLMConfig
 from instructengine.runs import Manifest
 from instructengine.taxonomy.config import TaxonomyConfig
+from instructengine.errors import UsageError
 
 __all__ = ["STAGES", "EmptyStageError", "TextPipelineConfig", "build_backend", "run_text_stages", "run_text_stages_async"]
 
@@ -101,7 +102,7 @@ async def run_text_stages_async(
     return manifests
 
 
-class EmptyStageError(ValueError):
+class EmptyStageError(UsageError, ValueError):
     """A stage kept nothing (every item dropped), so the next stage would have no input."""
 
 

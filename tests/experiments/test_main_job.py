@@ -101,6 +101,11 @@ def test_main_job_end_to_end_small_and_rerun_does_nothing(tmp_path):
     assert gen["model"]["unet"] == str(run / "train" / "cv-dpo" / "final" / "unet")
     report = json.loads((run / "report" / "shapesbench" / "report.json").read_text())
     assert report["n_images"] == 6 and "exact" in report["metrics"] and set(report["models"]) == {"base", "cv-dpo"}
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(run / "train" / "cv-dpo" / "final" / "README.md")  # the report filled in its metrics
+    assert card.data.instructengine_eval["shapesbench"]["exact"] == pytest.approx(report["means"]["cv-dpo"]["exact"])
+    assert "## Evaluation" in card.text and "Not evaluated yet" not in card.text
     for name in ("config.yaml", "config.data.yaml", "config.train.cv-dpo.yaml", "config.eval.yaml"):
         assert (run / name).is_file()
     saved = yaml.safe_load((run / "config.yaml").read_text())

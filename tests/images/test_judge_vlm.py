@@ -147,6 +147,18 @@ def test_judge_temperature_defaults_to_zero(selected_run, tmp_path):
         temps.clear()
         run_judge(make_config(run, judge={"kind": "vlm", "llm": _llm(srv, model="m3", temperature=0.7)}))
         assert set(temps) == {0.7}
+    # the resolved config saved beside the judge's outputs says what ran, and reloads to the same
+    from instructengine.config import load_config
+    from instructengine.images.config import DataPipelineConfig, JudgeConfig
+
+    saved = load_config(JudgeConfig, run / "judge" / "config.yaml")
+    assert saved.llm.temperature == 0.7
+    cfg = make_config(run, llm=_llm(srv, temperature=1.0), judge={"kind": "vlm", "llm": _llm(srv, model="m2")})
+    assert cfg.judge.llm.temperature == 0.0 and cfg.llm.temperature == 1.0
+    again = DataPipelineConfig.model_validate(cfg.model_dump(mode="json"))
+    assert again.judge_llm().temperature == 0.0
+    inherited = make_config(run, llm=_llm(srv, temperature=1.0), judge={"kind": "vlm"})
+    assert inherited.judge_llm().temperature == 0.0 and inherited.judge.llm is None
 
 
 def test_vlm_down_pipeline_fails_naming_the_judge_then_recovers(selected_run, tmp_path, capsys):

@@ -7,7 +7,9 @@ from typing import List, Optional
 
 import typer
 
-app = typer.Typer(help="Evaluate text-to-image models on prompt sets and write Table-1 style reports.", no_args_is_help=True)
+from instructengine.errors import App, run_app
+
+app = App(help="Evaluate text-to-image models on prompt sets and write Table-1 style reports.", no_args_is_help=True)
 
 _CONFIG = typer.Option(..., "--config", help="YAML config (e.g. configs/eval_drawbench_sd15.yaml).")
 _OVERRIDES = typer.Argument(None, help="Dotted overrides, e.g. device=cuda benchmark.limit=20 images_per_prompt=1")
@@ -20,26 +22,18 @@ def _load(config: Path, overrides: Optional[List[str]]):
     return load_config(EvalConfig, config, overrides or [])
 
 
-def _fail(err: Exception) -> None:
-    typer.echo(f"error: {err}", err=True)
-    raise typer.Exit(2)
-
-
 @app.command("eval")
 def eval_command(config: Path = _CONFIG, overrides: Optional[List[str]] = _OVERRIDES) -> None:
     """Generate the models' images (fixed seeds, resumable), score them, and write the report."""
     from instructengine.evaluate.report import report
     from instructengine.evaluate.runner import evaluate
 
-    try:
-        cfg = _load(config, overrides)
-        from accelerate import PartialState
+    cfg = _load(config, overrides)
+    from accelerate import PartialState
 
-        evaluate(cfg, log=typer.echo)  # on every process of an `accelerate launch`: each takes a slice
-        if cfg.report.after_eval and PartialState().is_main_process:
-            report(cfg, log=typer.echo)
-    except (ValueError, FileNotFoundError) as err:  # ConfigError is a ValueError
-        _fail(err)
+    evaluate(cfg, log=typer.echo)  # on every process of an `accelerate launch`: each takes a slice
+    if cfg.report.after_eval and PartialState().is_main_process:
+        report(cfg, log=typer.echo)
 
 
 @app.command("report")
@@ -47,12 +41,9 @@ def report_command(config: Path = _CONFIG, overrides: Optional[List[str]] = _OVE
     """Write report.md / report.html / report.json from the models' scored eval folders."""
     from instructengine.evaluate.report import report
 
-    try:
-        report(_load(config, overrides), log=typer.echo)
-    except (ValueError, FileNotFoundError) as err:
-        _fail(err)
+    report(_load(config, overrides), log=typer.echo)
 
 
-def main(argv: Optional[List[str]] = None) -> None:
-    """Run the app in-process (tests call ``main([...])``)."""
-    app(args=argv, standalone_mode=False)
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the app in-process (tests call ``main([...])``); known errors: one line, exit 2."""
+    return run_app(app, argv)

@@ -119,7 +119,14 @@ class _Processes:
 def evaluate(cfg: EvalConfig, log: Log = print) -> dict[str, Path]:
     """Generate, score and summarise every model of ``cfg``; return {model name: its eval folder}.
 
-    Call it on every process of an accelerate launch (see the module doc); only the main process logs."""
+    Call it on every process of an accelerate launch (see the module doc); only the main process logs.
+
+    Raises:
+        instructengine.errors.DeviceError: ``device`` is CUDA on a machine without one (before any work).
+    """
+    from instructengine.errors import require_device
+
+    require_device("device", cfg.device)
     procs = _Processes(cfg.device)
     say: Log = log if procs.main else (lambda s: None)
     ps = load_benchmark(cfg.benchmark)

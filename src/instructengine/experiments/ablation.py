@@ -43,7 +43,7 @@ from pydantic import Field, model_validator
 
 from instructengine.config import Config, apply_overrides, validate_config
 from instructengine.generation import GeneratorConfig
-from instructengine.runs import atomic_write_json, atomic_write_parquet, atomic_write_text
+from instructengine.runs import atomic_write_json, atomic_write_parquet, atomic_write_text, share_files
 from instructengine.scorers.spec import ScorerSpec
 
 __all__ = [
@@ -180,6 +180,7 @@ def export_pipeline(base_dir: str | Path, final_path: Path, lora: bool, out_dir:
         load_trained_unet(base / "unet", final_path).save_pretrained(tmp / "unet")  # LoRA fused in
     else:
         shutil.copytree(final_path, tmp / "unet")
+    share_files(tmp)
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
     return out_dir

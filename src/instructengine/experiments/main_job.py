@@ -263,7 +263,9 @@ def run_main_job(cfg: MainJobConfig, log=print) -> Path:
         elif main and stage == "report":
             from instructengine.evaluate.report import report
 
-            out = Path(report(configs["eval"], log=log)["markdown"])
+            written = report(configs["eval"], log=log)
+            out = Path(written["markdown"])
+            _fill_model_cards(configs, Path(written["json"]), log)
         elif main and stage == "review":
             _create_review(configs["review"], log)
         state.wait_for_everyone()
@@ -273,6 +275,25 @@ def run_main_job(cfg: MainJobConfig, log=print) -> Path:
     if main:
         log(f"[main] done in {sum(timings.values()):.0f} s: {timings}")
     return out
+
+
+def _fill_model_cards(configs: dict[str, Any], report_json: Path, log) -> None:
+    """Write each trained method's evaluation (means, vs the base model) into its model card."""
+    import json
+
+    from instructengine.train.card import add_evaluation
+
+    data = json.loads(report_json.read_text())
+    for name, tcfg in configs["train"].items():
+        final = Path(tcfg.run_dir) / "train" / tcfg.output_name / "final"
+        means = data.get("means", {}).get(name)
+        if not means or not (final / "README.md").is_file():
+            continue
+        means = {k: v for k, v in means.items() if isinstance(v, (int, float))}
+        note = (f"Means over {data.get('n_prompts')} prompts ({data.get('n_images')} images); base model "
+                f"`{data.get('base')}`: {data.get('means', {}).get(data.get('base'), {})}. Full report: report.md of the run.")
+        add_evaluation(final, means, benchmark=str(data.get("benchmark")), note=note)
+        log(f"[report] model card of {name}: {final / 'README.md'}")
 
 
 def _create_review(rcfg: Any, log) -> None:

@@ -162,22 +162,28 @@ def text_noise(seeds: Sequence[int], shape: tuple[int, ...]) -> Any:
     )
 
 
-def build_generator(cfg: GeneratorConfig, device: str | None = None) -> ImageGenerator:
-    """The generator ``cfg`` names (models are loaded here); ``device`` overrides ``cfg.device``.
+def build_generator(cfg: GeneratorConfig, device: str | None = None, where: str = "generator") -> ImageGenerator:
+    """The generator ``cfg`` names (models are loaded here); ``device`` overrides ``cfg.device``;
+    ``where`` is the config section ``cfg`` came from (named in errors).
 
     Raises:
-        ValueError: an unknown kind, or a factory that does not return an ImageGenerator; errors of
-            the loaders (missing folder, unknown Hub id) pass through with their own message.
+        ValueError: an unknown kind, or a factory that does not return an ImageGenerator.
+        instructengine.errors.DeviceError: a CUDA device on a machine without one.
+        instructengine.errors.ModelLoadError: the loader's OSError (missing folder, unknown or
+            unreachable Hub id), naming ``<where>.model``.
     """
     from instructengine import registry
+    from instructengine.errors import loading, require_device
 
     if device is not None and device != cfg.device:
         cfg = cfg.model_copy(update={"device": device})
+    require_device(f"{where}.device" if device is None else "device", cfg.device)
     if cfg.torch_threads:
         import torch
 
         torch.set_num_threads(cfg.torch_threads)
-    gen = registry.instantiate("generator", cfg.kind, cfg, where="generator.kind")
+    with loading(f"{where}.model", cfg.model):
+        gen = registry.instantiate("generator", cfg.kind, cfg, where=f"{where}.kind")
     if not isinstance(gen, ImageGenerator):
         raise ValueError(
             f"generator kind {cfg.kind!r} built {type(gen).__name__}, which lacks `fingerprint` and "

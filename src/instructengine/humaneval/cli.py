@@ -7,7 +7,9 @@ from typing import List, Optional
 
 import typer
 
-app = typer.Typer(help="Blind human pairwise review of evaluation images.", no_args_is_help=True)
+from instructengine.errors import App, UsageError, run_app
+
+app = App(help="Blind human pairwise review of evaluation images.", no_args_is_help=True)
 
 _CONFIG = typer.Option(None, "--config", help="YAML config (configs/review.yaml); defaults when omitted.")
 _OVERRIDES = typer.Argument(None, help="Dotted overrides, e.g. study.runs=[eval/a/drawbench,eval/b/drawbench]")
@@ -20,24 +22,17 @@ def _load(config: Optional[Path], overrides: Optional[List[str]]):
     return load_config(ReviewConfig, config, overrides or [])
 
 
-def _fail(err: Exception) -> None:
-    typer.echo(f"error: {err}", err=True)
-    raise typer.Exit(2)
+class _NotFound(UsageError, LookupError):
+    """A study, or a results setting, names something the database does not hold."""
 
 
 @app.command()
 def create(config: Optional[Path] = _CONFIG, overrides: Optional[List[str]] = _OVERRIDES) -> None:
     """Create a study from two or more evaluation folders; print the secret links."""
-    from instructengine.config import ConfigError
-    from instructengine.humaneval.db import SchemaError
-    from instructengine.humaneval.inputs import StudyInputError
     from instructengine.humaneval.study import create_study
 
-    try:
-        cfg = _load(config, overrides)
-        made = create_study(cfg)
-    except (ConfigError, StudyInputError, SchemaError) as err:
-        _fail(err)
+    cfg = _load(config, overrides)
+    made = create_study(cfg)
     base = cfg.server.public_url or f"http://{cfg.server.host}:{cfg.server.port}"
     typer.echo(
         f"study {made.name!r}: {made.n_systems} systems, {made.n_items} items, {made.n_comparisons} comparisons, "
@@ -51,19 +46,15 @@ def create(config: Optional[Path] = _CONFIG, overrides: Optional[List[str]] = _O
 @app.command()
 def serve(config: Optional[Path] = _CONFIG, overrides: Optional[List[str]] = _OVERRIDES) -> None:
     """Serve the annotator and admin pages (blocking; Ctrl-C stops)."""
-    from instructengine.config import ConfigError
-    from instructengine.humaneval.db import SchemaError, check_schema, make_engine
+    from instructengine.humaneval.db import check_schema, make_engine
     from instructengine.humaneval.server import serve as run_server
 
+    cfg = _load(config, overrides)
+    engine = make_engine(cfg.resolved_database_url())
     try:
-        cfg = _load(config, overrides)
-        engine = make_engine(cfg.resolved_database_url())
-        try:
-            check_schema(engine)
-        finally:
-            engine.dispose()
-    except (ConfigError, SchemaError) as err:
-        _fail(err)
+        check_schema(engine)
+    finally:
+        engine.dispose()
     typer.echo(f"serving {cfg.resolved_database_url()} on http://{cfg.server.host}:{cfg.server.port} "
                f"(links: {Path(cfg.study_dir) / 'tokens.json'}; body limit {cfg.server.max_body_bytes} bytes)")
     run_server(cfg.resolved_database_url(), cfg.server.host, cfg.server.port, server=cfg.server, results=cfg.results)
@@ -72,17 +63,13 @@ def serve(config: Optional[Path] = _CONFIG, overrides: Optional[List[str]] = _OV
 @app.command()
 def results(config: Optional[Path] = _CONFIG, overrides: Optional[List[str]] = _OVERRIDES) -> None:
     """Print results and write results.json, votes.csv, votes.json and winrate.png."""
-    from instructengine.config import ConfigError
     from instructengine.humaneval import db
     from instructengine.humaneval.results import find_study, format_results, study_results, write_exports
 
-    try:
-        cfg = _load(config, overrides)
-    except ConfigError as err:
-        _fail(err)
+    cfg = _load(config, overrides)
     url = cfg.resolved_database_url()
     if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
-        _fail(FileNotFoundError(f"no study database at {url}; run `review create` first or set study_dir"))
+        raise FileNotFoundError(f"no study database at {url}; run `review create` first or set study_dir")
     engine = db.make_engine(url)
     reader, _ = db.make_sessions(engine)
     try:
@@ -90,14 +77,14 @@ def results(config: Optional[Path] = _CONFIG, overrides: Optional[List[str]] = _
             try:
                 study = find_study(s, cfg.results.study)
             except LookupError as err:
-                _fail(err)
+                raise _NotFound(str(err)) from None
             out = cfg.resolved_out_dir()
             rc = cfg.results
             try:
                 paths = write_exports(s, study, out, n_boot=rc.bootstrap, confidence=rc.confidence,
                                       exclude=rc.exclude_annotators, min_gold_accuracy=rc.min_gold_accuracy)
             except LookupError as err:
-                _fail(err)
+                raise _NotFound(str(err)) from None
             typer.echo(format_results(study_results(s, study, rc.bootstrap, rc.confidence, exclude=rc.exclude_annotators,
                                                     min_gold_accuracy=rc.min_gold_accuracy)))
     finally:
@@ -107,21 +94,9 @@ def results(config: Optional[Path] = _CONFIG, overrides: Optional[List[str]] = _
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI in-process (tests); returns the exit code."""
-    import click
-
-    try:
-        # without standalone mode click returns an Exit's code instead of calling sys.exit
-        rv = app(args=argv, standalone_mode=False)
-        return rv if isinstance(rv, int) else 0
-    except typer.Exit as e:
-        return e.exit_code
-    except click.exceptions.Exit as e:
-        return e.exit_code
-    except click.ClickException as e:
-        e.show()
-        return e.exit_code
+    """Run the CLI in-process (tests); returns the exit code (known errors: one line, 2)."""
+    return run_app(app, argv)
 
 
 if __name__ == "__main__":
-    app()
+    raise SystemExit(main())

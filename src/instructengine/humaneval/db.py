@@ -35,6 +35,7 @@ from sqlalchemy import (
     event,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from instructengine.errors import UsageError
 
 __all__ = [
     "Annotator",
@@ -228,7 +229,7 @@ class Flag(Base):
 Index("ix_votes_annotator_created", Vote.annotator_id, Vote.id)
 
 
-class SchemaError(RuntimeError):
+class SchemaError(UsageError, RuntimeError):
     """The database was made by another version of the review app (a table lacks columns)."""
 
 

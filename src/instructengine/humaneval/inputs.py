@@ -18,13 +18,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from instructengine.errors import UsageError
 
 __all__ = ["EvalRun", "StudyInputError", "check_shared", "read_eval_run"]
 
 _IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
 
 
-class StudyInputError(ValueError):
+class StudyInputError(UsageError, ValueError):
     """The evaluation folders cannot form a study; the message says which folder and what differs."""
 
 

@@ -1,5 +1,16 @@
 """The dataset card: README.md with the funnel, drops by reason, and histograms as PNG.
 
+The card is a Hugging Face dataset card: its YAML front matter (``huggingface_hub.DatasetCardData``)
+declares ``configs`` (the ``default`` config, split ``train`` = ``samples.parquet``), the
+``dataset_info.features`` of :data:`~instructengine.data.schema.SAMPLE_COLUMNS`, license, task
+categories, tags and the funnel counts (``instructengine_funnel``), so
+``datasets.load_dataset(<folder>, split="train")`` loads the samples (not the PNGs of the folder)
+and the folder can be pushed with ``push_to_hub`` / ``upload_folder`` as it is. ``image_1`` /
+``image_2`` stay paths relative to the folder (strings, not ``Image`` features: the images are
+hard links to the candidates, embedding them would copy ~416K PNGs at paper scale, and
+``datasets`` resolves a relative image path against the working directory, not the folder). No
+machine path is written: local model folders appear by name only.
+
 The funnel is read from the stages' manifest.json files in the run folder (a stage that did not
 run, e.g. when pairs.parquet came from elsewhere, is shown as absent), so the card states what
 the pipeline actually did: subtopics -> entities -> pairs -> instructions -> candidate images ->
@@ -9,6 +20,7 @@ selected images -> images kept by the judge -> kept samples.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +82,58 @@ def _fmt(v: Any) -> str:
     return "-" if v is None else f"{v:,}"
 
 
+def public_ref(ref: str | None) -> str:
+    """A model reference as the card shows it: a Hub id as it is, a local folder by its name."""
+    if not ref:
+        return ""
+    p = Path(ref).expanduser()
+    return p.name if (p.is_absolute() or p.exists() or ref.startswith(".")) else ref
+
+
+_ABSOLUTE = re.compile(r"(?<![\w.:/~-])(?:~|[A-Za-z]:)?/(?:[\w.@+-]+/)*([\w.@+-]+)")
+
+
+def scrub_paths(text: str) -> str:
+    """``text`` with every absolute path (``/a/b/c``, ``~/x``, ``C:/x``) replaced by its last part."""
+    return _ABSOLUTE.sub(lambda m: m.group(1), text)
+
+
+_DTYPES = {"O": "string", "i": "int64", "f": "float64", "b": "bool"}
+
+
+def _size_category(n: int) -> str:
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if n < limit:
+            return name
+    return "1M<n<10M"
+
+
+def card_data(cfg: Any, samples: Any, rows: list[dict[str, Any]]) -> Any:
+    """The front matter: what ``datasets.load_dataset`` and the Hub read."""
+    from huggingface_hub import DatasetCardData
+
+    from instructengine.data.schema import SAMPLE_COLUMNS
+
+    funnel_counts = [
+        {"step": r["step"], "unit": r["unit"], "in": r["in"], "out": r["out"],
+         "dropped": int(sum(r["dropped"].values())) if r["in"] is not None else None}
+        for r in rows
+    ]
+    return DatasetCardData(
+        pretty_name=cfg.dataset.pretty_name,
+        license=cfg.dataset.license,
+        task_categories=["text-to-image"],
+        tags=list(dict.fromkeys(["instructengine", "preference", "dpo", "text-to-image", *cfg.dataset.tags])),
+        size_categories=[_size_category(len(samples))],
+        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "samples.parquet"}]}],
+        dataset_info={
+            "features": [{"name": c, "dtype": _DTYPES[kind]} for c, (kind, _) in SAMPLE_COLUMNS.items()],
+            "splits": [{"name": "train", "num_examples": int(len(samples))}],
+        },
+        instructengine_funnel=funnel_counts,
+    )
+
+
 def write_card(cfg: Any, samples: Any, folder: Path) -> Path:
     """Write README.md (and the histograms when ``cfg.dataset.histograms``) into ``folder``."""
     from instructengine.data.schema import SAMPLE_COLUMNS
@@ -85,7 +149,7 @@ def write_card(cfg: Any, samples: Any, folder: Path) -> Path:
         "(taxonomy -> entities -> contrasting instruction pairs -> N candidates -> best-of-N -> judge).",
         "",
         f"- samples: **{len(samples):,}** in `samples.parquet` (image paths relative to this folder)",
-        f"- generator: `{cfg.generator.kind}` {cfg.generator.model or ''} - {cfg.candidates.n_candidates} candidates per instruction, "
+        f"- generator: `{cfg.generator.kind}` {public_ref(cfg.generator.model)} - {cfg.candidates.n_candidates} candidates per instruction, "
         + _generator_settings(cfg.generator),
         f"- selection scorer: `{cfg.select.scorer.label}`; judge: `{cfg.judge.kind}`"
         + (f" ({cfg.judge_llm().model})" if cfg.judge.kind == "vlm" else ""),
@@ -126,10 +190,21 @@ def write_card(cfg: Any, samples: Any, folder: Path) -> Path:
         "`sample_id` is the pair's `pair_id` in the run's `instructions/pairs.parquet`; its two instructions are "
         "`<sample_id>_1` and `<sample_id>_2` in the candidates, select and judge tables.",
         "",
-        "Load with `instructengine.data.schema.load_samples(<this folder>)`.",
+        "## Load",
+        "",
+        "```python",
+        "import datasets",
+        "samples = datasets.load_dataset(\"<this folder or its Hub id>\", split=\"train\")  # image_1/image_2: paths in this folder",
+        "from instructengine.data.schema import load_samples",
+        "df, root = load_samples(\"<this folder>\")  # pandas, validated; what the trainer reads (data.path)",
+        "```",
         "",
     ]
-    return atomic_write_text(folder / "README.md", "\n".join(lines))
+    from huggingface_hub import DatasetCard
+
+    body = scrub_paths("\n".join(lines))
+    card = DatasetCard(f"---\n{card_data(cfg, samples, rows).to_yaml()}\n---\n\n" + body)
+    return atomic_write_text(folder / "README.md", str(card))
 
 
 def _generator_settings(gen) -> str:

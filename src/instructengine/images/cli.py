@@ -13,7 +13,9 @@ from typing import List, Optional, Sequence
 
 import typer
 
-app = typer.Typer(
+from instructengine.errors import App, run_app
+
+app = App(
     help="Image stages of the data pipeline: candidates -> select -> judge -> dataset (+ baselines).",
     no_args_is_help=True,
 )
@@ -23,17 +25,12 @@ OverridesArg = typer.Argument(None, help="Dotted overrides key.sub=value, applie
 
 
 def _run(config: Optional[Path], overrides: Optional[List[str]], stages: Sequence[str], with_text: bool = False) -> None:
-    from instructengine.config import ConfigError, load_config
+    from instructengine.config import load_config
     from instructengine.images.config import DataPipelineConfig
     from instructengine.images.pipeline import run_image_stages
-    from instructengine.llm.errors import PermanentLLMError
 
-    try:
-        cfg = load_config(DataPipelineConfig, config, overrides or [])
-        run_image_stages(cfg, stages, with_text=with_text, log=typer.echo)
-    except (ConfigError, PermanentLLMError, FileNotFoundError, ValueError, RuntimeError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
+    cfg = load_config(DataPipelineConfig, config, overrides or [])
+    run_image_stages(cfg, stages, with_text=with_text, log=typer.echo)
 
 
 @app.command()
@@ -86,18 +83,9 @@ def all_stages(
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Run the CLI in-process with ``argv``; return the exit code."""
-    import click
-
-    try:
-        code = app(args=argv, standalone_mode=False)
-    except click.ClickException as err:
-        err.show()
-        return err.exit_code
-    except click.exceptions.Exit as err:
-        return int(err.exit_code)
-    return code if isinstance(code, int) else 0
+    """Run the CLI in-process with ``argv``; return the exit code (known errors: one line, 2)."""
+    return run_app(app, argv)
 
 
 if __name__ == "__main__":
-    app()
+    raise SystemExit(main())

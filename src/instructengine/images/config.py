@@ -122,8 +122,17 @@ class JudgeConfig(Config):
         return check_name("judge", v)
 
     llm: LLMConfig | None = Field(
-        None, description="kind=vlm: client settings; null: the pipeline's top-level `llm` (its cache goes to <run_dir>/judge/)."
+        None, description="kind=vlm: client settings; null: the pipeline's top-level `llm` (its cache goes to "
+        "<run_dir>/judge/). Either way the judge samples at temperature 0 (repeatable verdicts; the text stages' 1.0 "
+        "is for diverse proposals) unless this section sets `temperature`."
     )
+
+    @field_validator("llm")
+    @classmethod
+    def _repeatable(cls, v: LLMConfig | None) -> LLMConfig | None:
+        if v is not None and "temperature" not in v.model_fields_set:
+            v = v.model_copy(update={"temperature": 0.0})  # recorded as set: the resolved config shows what ran
+        return v
     prompt_dir: str | None = Field(
         None, description="kind=vlm: folder whose judge_system.jinja / judge_image.jinja override the packaged templates."
     )
@@ -145,6 +154,13 @@ class DatasetConfig(Config):
         "hardlink", description="How kept images enter the dataset folder (hardlink falls back to copy across filesystems)."
     )
     histograms: bool = Field(True, description="Write PNG histograms of kept samples per theme and per dimension.")
+    license: str = Field(
+        "other", description="License in the dataset card's front matter (a Hub license id, e.g. cc-by-4.0; 'other' "
+        "when the generator's and the LLM's terms decide)."
+    )
+    pretty_name: str = Field("InstructEngine preference dataset", description="Title of the dataset card.")
+    tags: list[str] = Field(default_factory=list, description="Extra tags of the dataset card (beside instructengine, "
+                            "preference, dpo, text-to-image).")
 
 
 #: Named baselines: what they fix (scorers, weights, scales, normalisation, reward arithmetic).
@@ -312,4 +328,5 @@ class DataPipelineConfig(TextPipelineConfig, _ImageSections):
     """The whole data pipeline: the text stages' sections plus one section per image stage."""
 
     def judge_llm(self) -> LLMConfig:
-        return self.judge.llm or self.llm
+        """The judge's client settings: ``judge.llm``, else the top-level ``llm`` at temperature 0."""
+        return self.judge.llm or self.llm.model_copy(update={"temperature": 0.0})

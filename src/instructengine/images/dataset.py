@@ -23,11 +23,12 @@ from typing import Any, Callable
 from instructengine.images.config import DataPipelineConfig
 from instructengine.images.files import instruction_id, link_or_copy
 from instructengine.runs import Manifest, StageDir, atomic_write_parquet
+from instructengine.errors import UsageError
 
 __all__ = ["EmptyDatasetError", "load_dataset", "run_dataset"]
 
 
-class EmptyDatasetError(RuntimeError):
+class EmptyDatasetError(UsageError, RuntimeError):
     """The dataset stage would write no sample; the message names the stage that lost them and why."""
 
 

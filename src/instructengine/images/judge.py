@@ -156,12 +156,8 @@ def make_vlm_judge(cfg: DataPipelineConfig, stage_root: Path) -> VLMJudge:
     """``judge.kind: vlm``: the VLM judge on the pipeline's (or the judge's own) LLM settings."""
     from instructengine.llm import build_client
 
-    llm = cfg.judge_llm()
-    if cfg.judge.llm is None or "temperature" not in cfg.judge.llm.model_fields_set:
-        # a judge should be repeatable: temperature 0 unless its own llm section sets one
-        # (the text stages' 1.0 is for diverse proposals, not for verdicts)
-        llm = llm.model_copy(update={"temperature": 0.0})
-    return VLMJudge(build_client(llm, stage_root), cfg.judge)
+    # temperature 0 unless judge.llm sets one (DataPipelineConfig.judge_llm, JudgeConfig.llm)
+    return VLMJudge(build_client(cfg.judge_llm(), stage_root), cfg.judge)
 
 
 def make_keep_all_judge(cfg: DataPipelineConfig, stage_root: Path) -> KeepAllJudge:

@@ -37,9 +37,18 @@ def run_image_stages(
 
     from instructengine.config import save_resolved
 
+    from instructengine.errors import require_devices
+
     unknown = [s for s in stages if s not in IMAGE_STAGES]
     if unknown:
         raise ValueError(f"unknown image stage(s) {unknown}; choose from {list(IMAGE_STAGES)}")
+    # refuse a CUDA device on a machine without one before any stage starts (torch would fail mid-run)
+    sections = {"candidates": "generator", "select": "select", "baselines": "baselines"}
+    if with_text and cfg.embedder.kind == "clip":
+        require_devices(cfg.embedder, "embedder")
+    for s in stages:
+        if s in sections:
+            require_devices(getattr(cfg, sections[s]), sections[s])
     state = PartialState(cpu=cfg.generator.device == "cpu")  # see run_candidates
     manifests: dict[str, Manifest] = {}
     if state.is_main_process:

@@ -13,11 +13,12 @@ Two families, handled differently by the stages:
 from __future__ import annotations
 
 from instructengine.backends import DropItem
+from instructengine.errors import UsageError
 
 __all__ = ["InvalidAnswerError", "LLMUnavailableError", "PermanentLLMError"]
 
 
-class PermanentLLMError(RuntimeError):
+class PermanentLLMError(UsageError, RuntimeError):
     """The server rejected the request in a way retrying cannot fix."""
 
     def __init__(self, status: int, url: str, model: str, server_message: str, hint: str = ""):

@@ -98,10 +98,17 @@ def build_scorer(name: str, options: dict[str, Any] | None, context: ScorerConte
     Raises:
         ValueError: unknown name (the message lists the known ones), or a factory that does not
             return a scorer.
+        instructengine.errors.DeviceError: ``context.device`` is CUDA on a machine without one.
+        instructengine.errors.ModelLoadError: its weights could not be loaded (the message names
+            the scorer and its options).
     """
     from instructengine import registry
+    from instructengine.errors import loading, require_device
 
-    scorer = registry.instantiate("scorer", name, dict(options or {}), context, where="scorer")
+    require_device(f"device of scorer {name!r}", context.device)
+    with loading(f"scorer {name!r} with options", dict(options or {}),
+                 hint="give its weights as a local path in the scorer's options, or run where the Hub is reachable"):
+        scorer = registry.instantiate("scorer", name, dict(options or {}), context, where="scorer")
     if not isinstance(scorer, Scorer):
         raise ValueError(f"scorer factory for {name!r} returned {type(scorer).__name__}, which lacks name/score")
     return scorer

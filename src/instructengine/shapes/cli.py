@@ -8,7 +8,9 @@ from typing import List, Optional
 
 import typer
 
-app = typer.Typer(help="ShapesWorld: render, judge, pre-train and measure the embedded world "
+from instructengine.errors import App, run_app
+
+app = App(help="ShapesWorld: render, judge, pre-train and measure the embedded world "
                   "(evaluate it with `instructengine eval --config configs/eval_shapes.yaml`).",
                   no_args_is_help=True)
 
@@ -17,13 +19,9 @@ _OVERRIDES = typer.Argument(None, help="Dotted overrides key.sub=value, applied 
 
 
 def _load(cls, config: Optional[Path], overrides: Optional[List[str]]):
-    from instructengine.config import ConfigError, load_config
+    from instructengine.config import load_config
 
-    try:
-        return load_config(cls, config, overrides or [])
-    except ConfigError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
+    return load_config(cls, config, overrides or [])
 
 
 @app.command()
@@ -34,13 +32,8 @@ def render(caption: str, seed: int = typer.Option(0, help="render seed"),
     from PIL import Image
 
     from instructengine.shapes.render import render_caption
-    from instructengine.shapes.scene import CaptionError
 
-    try:
-        img = render_caption(caption, seed)
-    except CaptionError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
+    img = render_caption(caption, seed)  # a CaptionError is a one-line error (exit 2)
     Image.fromarray(img).resize((32 * scale, 32 * scale), Image.NEAREST).save(out)
     typer.echo(str(out))
 
@@ -89,8 +82,5 @@ def measure(out: Path = typer.Option(Path("docs/shapesworld_measurements.json"),
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        app(args=argv, standalone_mode=False)
-    except SystemExit as e:  # pragma: no cover - typer exits on --help
-        return int(e.code or 0)
-    return 0
+    """Run the CLI in-process with ``argv``; return the exit code (known errors: one line, 2)."""
+    return run_app(app, argv)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from instructengine.config import Config
+from instructengine.runs import share_files
 from instructengine.shapes.pipeline import WEIGHTS_DIR
 from instructengine.shapes.render import render
 from instructengine.shapes.scene import (
@@ -202,6 +203,7 @@ def train_contrastive(cfg: ContrastiveConfig, progress: bool = True) -> Path:
     path = out / "model"
     model.save_pretrained(path, safe_serialization=True)
     tok.save_pretrained(path)
+    share_files(path)
     return path
 
 

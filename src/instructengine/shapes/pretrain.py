@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from instructengine.config import Config
-from instructengine.runs import atomic_write_bytes
+from instructengine.runs import atomic_write_bytes, share_files
 from instructengine.shapes.pipeline import ShapesModelConfig, ShapesPipeline, build_components
 from instructengine.shapes.render import render
 from instructengine.shapes.scene import SceneSampler
@@ -156,6 +156,7 @@ def save_ema_pipeline(cfg: PretrainConfig, ema: list[torch.Tensor], path: Path) 
     pipe = ShapesPipeline(**comps)
     tmp = path.with_name(path.name + ".tmp")
     pipe.save_pretrained(tmp, safe_serialization=True)
+    share_files(tmp)
     if path.exists():
         import shutil
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 import numpy as np
+from instructengine.errors import UsageError
 
 SHAPES = ("circle", "square", "triangle")
 #: colour name -> (vivid RGB in [0, 1], hue in degrees); hues are 60 degrees apart.
@@ -43,7 +44,7 @@ BACKGROUNDS = ("clean", "noisy")
 MAX_COUNT_IN_RELATION = 2
 
 
-class CaptionError(ValueError):
+class CaptionError(UsageError, ValueError):
     """A caption does not follow the ShapesWorld grammar (the message says where)."""
 
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from instructengine.backends import normalize_text
 from instructengine.taxonomy.model import Subtopic, Taxonomy, Theme
+from instructengine.errors import UsageError
 
 __all__ = ["COLUMNS", "ReviewError", "ReviewRow", "apply_review", "export_review", "load_reviewed_taxonomy", "read_review"]
 
@@ -35,7 +36,7 @@ COLUMNS = ["id", "theme", "subtopic", "axis", "action", "merge_into"]
 ACTIONS = ("keep", "delete", "merge", "add")
 
 
-class ReviewError(ValueError):
+class ReviewError(UsageError, ValueError):
     """A row of review.csv that cannot be applied."""
 
 

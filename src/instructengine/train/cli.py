@@ -10,30 +10,28 @@ from typing import Optional
 
 import typer
 
-app = typer.Typer(help="Alignment training: cross-validation DPO and baselines; ablations on any bundle.",
+from instructengine.errors import App, UsageError, run_app
+
+app = App(help="Alignment training: cross-validation DPO and baselines; ablations on any bundle.",
                   no_args_is_help=True)
 
 _CONFIG = typer.Option(None, "--config", "-c", help="YAML config (configs/train_sd15.yaml, ...)")
 _OVERRIDES = typer.Argument(None, help="dotted overrides, e.g. optim.lr=5e-6 method=diffusion_dpo")
 
 
-def _fail(message: str, code: int = 1) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
+class _BadOption(UsageError, ValueError):
+    """A command-line option of this group is malformed."""
 
 
 @app.command("run")
 def run(config: Optional[Path] = _CONFIG, overrides: Optional[list[str]] = _OVERRIDES) -> None:
     """Train one method (resumes from the newest checkpoint; skips a run already complete)."""
-    from instructengine.config import ConfigError, load_config
+    from instructengine.config import load_config
     from instructengine.train.config import TrainConfig
-    from instructengine.train.trainer import TrainingDiverged, run_training
+    from instructengine.train.trainer import run_training
 
-    try:
-        cfg = load_config(TrainConfig, config, overrides or [])
-        result = run_training(cfg)
-    except (ConfigError, TrainingDiverged, ValueError, FileNotFoundError) as err:
-        _fail(str(err), 2 if isinstance(err, ConfigError) else 1)
+    cfg = load_config(TrainConfig, config, overrides or [])
+    result = run_training(cfg)
     state = "already complete" if result.skipped else f"{result.steps} steps"
     typer.echo(f"{cfg.method}: {state}; output {result.final_path}")
 
@@ -49,7 +47,7 @@ def shifts(config: Optional[Path] = _CONFIG,
            overrides: Optional[list[str]] = _OVERRIDES) -> None:
     """Error shifts of trained U-Nets vs their reference on the training data: do they fit the
     preferred images or only push the mismatched combinations away (likelihood displacement)?"""
-    from instructengine.config import ConfigError, load_config
+    from instructengine.config import load_config
     from instructengine.runs import atomic_write_text
     from instructengine.train.config import TrainConfig
     from instructengine.train.shifts import error_shifts, format_shifts, plot_shifts
@@ -58,14 +56,11 @@ def shifts(config: Optional[Path] = _CONFIG,
     for spec in unet:
         name, sep, path = spec.partition("=")
         if not sep or not name or not path:
-            _fail(f"--unet {spec!r}: expected NAME=PATH, e.g. cv_dpo=runs/demo/train/cv_dpo/final/unet", 2)
+            raise _BadOption(f"--unet {spec!r}: expected NAME=PATH, e.g. cv_dpo=runs/demo/train/cv_dpo/final/unet")
         named[name] = path
-    try:
-        cfg = load_config(TrainConfig, config, overrides or [])
-        df = error_shifts(cfg, named, samples=samples, draws=draws, batch_size=batch, seed=seed,
-                          progress=lambda s: typer.echo(s, err=True))
-    except (ConfigError, ValueError, FileNotFoundError) as err:
-        _fail(str(err), 2 if isinstance(err, ConfigError) else 1)
+    cfg = load_config(TrainConfig, config, overrides or [])
+    df = error_shifts(cfg, named, samples=samples, draws=draws, batch_size=batch, seed=seed,
+                      progress=lambda s: typer.echo(s, err=True))
     table = format_shifts(df)
     if out is not None:
         atomic_write_text(out, table + f"\n![error shifts]({out.with_suffix('.png').name})\n")
@@ -90,7 +85,7 @@ def ablation(config: Optional[Path] = _CONFIG, overrides: Optional[list[str]] = 
     """Train and evaluate every arm x seed of an ablation and write its table (resumable)."""
     import logging
 
-    from instructengine.config import ConfigError, load_config
+    from instructengine.config import load_config
     from instructengine.experiments.ablation import AblationConfig, run_ablation
 
     progress = logging.getLogger("instructengine.experiments.ablation")  # one line per training / evaluation
@@ -99,11 +94,8 @@ def ablation(config: Optional[Path] = _CONFIG, overrides: Optional[list[str]] = 
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
         progress.addHandler(handler)
         progress.setLevel(logging.INFO)
-    try:
-        cfg = load_config(AblationConfig, config, overrides or [])
-        table = run_ablation(cfg)
-    except (ConfigError, ValueError, FileNotFoundError) as err:
-        _fail(str(err), 2 if isinstance(err, ConfigError) else 1)
+    cfg = load_config(AblationConfig, config, overrides or [])
+    table = run_ablation(cfg)
     typer.echo(table.read_text())
 
 
@@ -116,25 +108,26 @@ def demo(out: Path = typer.Option(Path("runs/train-demo"), help="output folder")
     from instructengine.train.tiny import save_model, tiny_clip_model, tiny_components, write_candidates, write_samples
     from instructengine.train.trainer import run_training
 
-    if not (out / "model").exists():
-        save_model(kind, tiny_components(kind), out / "model")
-        write_samples(out / "data", n=8, size=16)
-        write_candidates(out / "data", size=16)
-        tiny_clip_model(out / "clip", image_size=16)
     cfg = TrainConfig.model_validate({
         "method": method, "run_dir": str(out / "runs"), "model": {"kind": kind, "path": str(out / "model")},
         "data": {"path": str(out / "data"), "resolution": 16}, "batch_size": 4, "micro_batch_size": 2,
         "max_steps": 2, "device": "cpu", "optim": {"lr": 1e-4},
         "refl": {"reward_kwargs": {"path": str(out / "clip")}, "num_inference_steps": 4, "late_step_min": 2},
     })
+    if not (out / "model").exists():
+        save_model(kind, tiny_components(kind), out / "model")
+        write_samples(out / "data", n=8, size=16)
+        write_candidates(out / "data", size=16)
+        tiny_clip_model(out / "clip", image_size=16)
     result = run_training(cfg)
     typer.echo((result.output_dir / "metrics.jsonl").read_text())
     typer.echo(f"output {result.final_path}")
 
 
-def main(argv: list[str] | None = None) -> None:
-    app(args=argv)
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI in-process with ``argv``; return the exit code (known errors: one line, 2)."""
+    return run_app(app, argv)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

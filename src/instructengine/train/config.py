@@ -20,6 +20,7 @@ __all__ = [
     "PromptListConfig",
     "LoraConfig",
     "LossConfig",
+    "ModelCardConfig",
     "ModelConfig",
     "OptimConfig",
     "ReflConfig",
@@ -312,6 +313,19 @@ class CheckpointConfig(Config):
     )
 
 
+class ModelCardConfig(Config):
+    """What the model card of the trained output (``final/README.md``) says beyond the run itself."""
+
+    license: str | None = Field(
+        None, description="license of the trained weights (null: the base model's when it is a known default - "
+        "creativeml-openrail-m for SD1.5, openrail++ for SDXL - else 'other')"
+    )
+    datasets: list[str] = Field(
+        default_factory=list, description="Hub ids of the training data, for the card's `datasets` (e.g. where the "
+        "dataset folder was pushed); empty: the card names the data folder only"
+    )
+
+
 class TrainConfig(Config):
     """One alignment training run: method, model, data, optimisation, checkpoints, logging."""
 
@@ -343,7 +357,8 @@ class TrainConfig(Config):
     min_timestep: int = Field(0, ge=0, description="training timesteps are drawn uniformly in [min_timestep, max_timestep)")
     max_timestep: int | None = Field(None, ge=1, description="upper bound (exclusive); None: num_train_timesteps")
     mixed_precision: Literal["no", "fp16", "bf16"] = Field(
-        "no", description="accelerate mixed precision (paper: half precision); master weights stay float32"
+        "no", description="accelerate mixed precision (paper: half precision); master weights stay float32. fp16 "
+        "needs a CUDA device (CPU matmuls refuse half inputs); bf16 autocast also runs on CPU"
     )
     gradient_checkpointing: bool = Field(False, description="recompute U-Net activations in backward to save memory")
     fused_forward: bool = Field(
@@ -363,6 +378,12 @@ class TrainConfig(Config):
     save_dtype: Literal["float32", "float16", "bfloat16"] = Field(
         "float32", description="dtype of the saved U-Net / LoRA weights"
     )
+    card: ModelCardConfig = Field(default_factory=ModelCardConfig, description="model card of the trained output")
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, v: Any) -> Any:
+        return "no" if v is False else v  # YAML 1.1 reads a bare `no` as false
 
     @field_validator("method")
     @classmethod
@@ -380,6 +401,9 @@ class TrainConfig(Config):
                 f"batch_size={self.batch_size} is not a multiple of micro_batch_size={self.micro_batch_size}; "
                 "the effective batch must be micro_batch_size x accumulation steps x processes"
             )
+        if self.mixed_precision == "fp16" and self.device == "cpu":
+            raise ValueError("mixed_precision='fp16' needs a CUDA device and device='cpu' forces the CPU (CPU matmuls "
+                             "refuse half inputs); use mixed_precision=bf16 (CPU autocast) or mixed_precision=no")
         if self.max_timestep is not None and self.max_timestep <= self.min_timestep:
             raise ValueError(f"max_timestep={self.max_timestep} must be > min_timestep={self.min_timestep}")
         for name in ("sft_weight", "anchor_weight"):
@@ -393,6 +417,21 @@ class TrainConfig(Config):
                 raise ValueError(f"loss.{name} applies to the DPO-family methods (cv_dpo, diffusion_dpo, "
                                  f"four_triple_dpo, reward_dpo), not to method={self.method!r}")
         return self
+
+    def check_runnable(self) -> None:
+        """Refuse, before any work, what this machine cannot run: fp16 mixed precision where training
+        would run on the CPU (``device: cpu``, or ``auto`` without CUDA), where torch fails at the first
+        matmul with ``c10::Half != float``.
+
+        Raises:
+            instructengine.errors.DeviceError: naming ``mixed_precision`` and what would run here.
+        """
+        from instructengine.errors import DeviceError, cuda_available
+
+        if self.mixed_precision == "fp16" and (self.device == "cpu" or not cuda_available()):
+            where = "device='cpu'" if self.device == "cpu" else "this machine has no CUDA device"
+            raise DeviceError(f"mixed_precision='fp16' needs a CUDA device ({where}); use mixed_precision=bf16 "
+                              "(CPU autocast) or mixed_precision=no on CPU")
 
     @property
     def output_name(self) -> str:

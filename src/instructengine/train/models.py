@@ -300,8 +300,10 @@ def load_adapter(cfg: "ModelConfig") -> ModelAdapter:
         ValueError: unknown kind or unsupported prediction type (the message says what is allowed).
     """
     from instructengine import registry
+    from instructengine.errors import loading
 
-    adapter = registry.instantiate("model", cfg.kind, cfg, where="model.kind")
+    with loading("model.path", cfg.source() if cfg.kind in ("sd15", "sdxl") else cfg.path):
+        adapter = registry.instantiate("model", cfg.kind, cfg, where="model.kind")
     if not isinstance(adapter, ModelAdapter):
         raise ValueError(f"model.kind {cfg.kind!r} built {type(adapter).__name__}, not a ModelAdapter")
     return adapter

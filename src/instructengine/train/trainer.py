@@ -37,10 +37,11 @@ from typing import Any, Callable
 import torch
 
 from instructengine.config import config_hash
-from instructengine.runs import StageDir, atomic_write_text
+from instructengine.runs import StageDir, atomic_write_safetensors, atomic_write_text, share_files
 from instructengine.train.config import TrainConfig
 from instructengine.train.losses import LOSSES, per_sample_loss, preference_metrics
 from instructengine.train.methods import METHODS
+from instructengine.errors import UsageError
 
 __all__ = ["TrainResult", "Trainer", "TrainingDiverged", "run_training"]
 
@@ -53,7 +54,7 @@ _RESUME_FREE = ("checkpoint", "log_every_n_steps", "tensorboard", "max_steps", "
 _COMPLETE = "COMPLETE"
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(UsageError, RuntimeError):
     """The loss or the gradient norm became NaN/inf; the message names the step."""
 
 
@@ -281,11 +282,10 @@ class Trainer:
         return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
     def _save_hook(self, models: list, weights: list, output_dir: str) -> None:
-        from safetensors.torch import save_file
-
         if self.acc.is_main_process:
             for i, model in enumerate(models):
-                save_file(self._trainable_state(self.acc.unwrap_model(model)), str(Path(output_dir) / f"trainable_{i}.safetensors"))
+                atomic_write_safetensors(Path(output_dir) / f"trainable_{i}.safetensors",
+                                         self._trainable_state(self.acc.unwrap_model(model)))
         weights.clear()  # accelerate must not also write the (frozen) base weights
 
     def _load_hook(self, models: list, input_dir: str) -> None:
@@ -504,6 +504,13 @@ class Trainer:
                 to_save = unet if dtype == torch.float32 else copy.deepcopy(unet).to(dtype)
                 to_save.save_pretrained(str(tmp / "unet"), safe_serialization=True)
                 out = final / "unet"
+            from instructengine.train.card import write_model_card
+
+            m = self.manifest
+            write_model_card(tmp, cfg, weights=out.name, steps=self.progress.step, items_seen=self.progress.items_seen,
+                             data_in=m.count_in if m else None, data_used=m.count_out if m else None,
+                             metrics_path=self.metrics_path)
+            share_files(tmp)  # safetensors writes 0600; the group must be able to read the weights
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
             if self.manifest is not None:
@@ -536,7 +543,12 @@ class Trainer:
 
 
 def run_training(cfg: TrainConfig) -> TrainResult:
-    """Train (or resume, or skip when already complete with this config) and return where the output is."""
+    """Train (or resume, or skip when already complete with this config) and return where the output is.
+
+    Raises:
+        instructengine.errors.DeviceError: a precision this machine cannot run (before any work).
+    """
+    cfg.check_runnable()
     stage = StageDir(cfg.run_dir, f"train/{cfg.output_name}")
     manifest = stage.read_manifest()
     if stage.is_complete(config_hash(cfg)) and manifest and manifest.get("outputs", {}).get("final"):
