@@ -85,11 +85,14 @@ def build_adapter(kind: str, comps: dict[str, Any]) -> Any:
                        comps["tokenizer"], comps["tokenizer_2"])
 
 
-def policy_and_reference(base_unet: torch.nn.Module, mode: str, rank: int, gc: bool) -> tuple[Any, Any, list]:
-    """As the trainer sets them up: LoRA adapters on a frozen U-Net (reference = adapters disabled) or
-    a fully trainable fp32 U-Net with a frozen copy as reference. Returns (policy, reference, params)."""
-    unet = copy.deepcopy(base_unet)
+def policy_and_reference(base_unet: torch.nn.Module, mode: str, rank: int, gc: bool,
+                         weight_dtype: torch.dtype = torch.float32, copy_base: bool = True) -> tuple[Any, Any, list]:
+    """As the trainer sets them up (``Trainer._setup_model``): LoRA adapters (fp32) on a frozen U-Net in
+    ``weight_dtype`` (reference = the same U-Net with the adapters disabled), or a fully trainable fp32
+    U-Net with a frozen copy in ``weight_dtype`` as reference. Returns (policy, reference, params)."""
+    unet = copy.deepcopy(base_unet) if copy_base else base_unet
     if mode == "lora":
+        unet.to(dtype=weight_dtype)
         from peft import LoraConfig
 
         unet.requires_grad_(False)
@@ -107,7 +110,7 @@ def policy_and_reference(base_unet: torch.nn.Module, mode: str, rank: int, gc: b
                 unet.enable_adapters()
     else:
         unet.requires_grad_(True).float()
-        reference = copy.deepcopy(unet).requires_grad_(False).eval()
+        reference = copy.deepcopy(unet).requires_grad_(False).eval().to(dtype=weight_dtype)
     if gc:
         unet.enable_gradient_checkpointing()
     unet.train()
