@@ -363,7 +363,7 @@ def bench_generate(kind: str, cfg: dict[str, Any], args: argparse.Namespace, dev
                 raise
             out["plain"][str(bs)] = {"error": "out of memory"}
     gcfg = GeneratorConfig(kind="diffusers", model="random-weights", num_inference_steps=steps, guidance_scale=5.0,
-                           height=res, width=res, device=str(device), dtype=args.dtype.replace("bf16", "bfloat16"))
+                           height=res, width=res, device=str(device), dtype={"bf16": "bfloat16", "fp32": "float32"}[args.dtype])
     ours = DiffusersGenerator(gcfg, pipe=pipe)
     n_instr, n_cand = 2, args.gen_candidates
     call_prompts = [prompts[i] for i in range(n_instr) for _ in range(n_cand)]
