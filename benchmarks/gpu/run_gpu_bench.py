@@ -56,7 +56,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 #: top-level module -> wheel distribution name prefix, for what the GPU machine may lack
 WHEELS = {"diffusers": "diffusers", "pydantic": "pydantic", "pydantic_core": "pydantic_core",
-          "annotated_types": "annotated_types", "typing_inspection": "typing_inspection"}
+          "annotated_types": "annotated_types", "typing_inspection": "typing_inspection",
+          "typing_extensions": "typing_extensions"}
 
 
 def bootstrap(wheel_dir: Path = HERE / "wheels") -> list[str]:
@@ -69,6 +70,8 @@ def bootstrap(wheel_dir: Path = HERE / "wheels") -> list[str]:
     missing = [m for m in WHEELS if importlib.util.find_spec(m) is None]
     if not missing:
         return []
+    if "pydantic" in missing and "typing_extensions" in WHEELS and "typing_extensions" not in missing:
+        missing.append("typing_extensions")  # pydantic 2.14 needs typing_extensions >= 4.16, newer than torch's
     target = Path(tempfile.gettempdir()) / f"ie_gpu_site_py{sys.version_info.major}{sys.version_info.minor}"
     tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
     used = []
