@@ -205,6 +205,7 @@ TRAIN_VARIANTS: dict[str, tuple[str, str, bool, bool]] = {
     "lora_example": ("lora", "example", False, False),
     "lora_example_cached": ("lora", "example", True, False),
     "lora_fused_gc": ("lora", "fused", True, True),
+    "lora_fused_channels_last": ("lora", "fused", True, False),  # + U-Net in channels-last memory format
     "full_fused": ("full", "fused", True, False),
     "full_example": ("full", "example", False, False),
 }
@@ -257,6 +258,9 @@ def bench_train(kind: str, cfg: dict[str, Any], args: argparse.Namespace, device
                     continue
                 if gc_on:
                     policy.enable_gradient_checkpointing()
+                channels_last = name.endswith("_channels_last")
+                if channels_last:  # what TrainConfig.channels_last does
+                    policy.to(memory_format=torch.channels_last)
                 enc = cached if use_cache else uncached
                 gen = torch.Generator().manual_seed(0)
 
@@ -273,7 +277,8 @@ def bench_train(kind: str, cfg: dict[str, Any], args: argparse.Namespace, device
                     opt.step()
                     opt.zero_grad(set_to_none=True)
 
-                row: dict[str, Any] = {"train": mode, "step": step, "cached": use_cache, "grad_ckpt": gc_on}
+                row: dict[str, Any] = {"train": mode, "step": step, "cached": use_cache, "grad_ckpt": gc_on,
+                                       "channels_last": channels_last}
                 try:
                     clock.reset_peak()
                     times = timed(run, args.warmup, args.steps, clock)
@@ -289,6 +294,8 @@ def bench_train(kind: str, cfg: dict[str, Any], args: argparse.Namespace, device
                 finally:
                     if gc_on:
                         policy.disable_gradient_checkpointing()
+                    if channels_last:
+                        policy.to(memory_format=torch.contiguous_format)
                     opt.zero_grad(set_to_none=True)
                     gc.collect()
                 out["variants"][name] = row
@@ -304,7 +311,7 @@ def bench_train(kind: str, cfg: dict[str, Any], args: argparse.Namespace, device
     for name, row in out["variants"].items():
         if "median_step_s" not in row:
             continue
-        twin = out["variants"].get(name.replace("_gc", ""), {}) if row["grad_ckpt"] else row
+        twin = out["variants"].get(name.replace("_gc", ""), {}) if row["grad_ckpt"] else row  # lora_fused_gc -> lora_fused
         model_flops = twin.get("flops_counted", row["flops_counted"])
         row["model_flops_per_step_T"] = float(f"{model_flops / 1e12:.4g}")
         row["mfu"] = round(model_flops / row["median_step_s"] / (peak_tflops * 1e12), 4) if peak_tflops else None
@@ -399,7 +406,8 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
     """The issue's targets, from the measured numbers (None: not measured)."""
     sdxl = result.get("train", {}).get("sdxl", {}).get("variants", {})
     fused, example = sdxl.get("lora_fused", {}), sdxl.get("lora_example", {})
-    best_mfu = max((r.get("mfu") or 0 for k, r in sdxl.items() if k in ("lora_fused", "full_fused")), default=None)
+    best_mfu = max((r.get("mfu") or 0 for k, r in sdxl.items() if k in ("lora_fused", "full_fused", "lora_fused_channels_last")),
+                   default=None)
     mem = [r["peak_memory_GB"] for k, r in sdxl.items() if k.startswith("lora_fused") and r.get("peak_memory_GB")
            and "median_step_s" in r]
     gen = result.get("generate", {}).get("sdxl", {})

@@ -80,7 +80,7 @@ def test_gpu_script_tiny_on_cpu(tmp_path):
     """The script's every path (LoRA and full, fused / example as written / checkpointed, FLOP counting,
     generation through our generator and the plain pipeline) on the tiny SDXL twin."""
     out = tmp_path / "gpu.json"
-    variants = ["lora_fused", "lora_example", "lora_fused_gc", "full_fused"]
+    variants = ["lora_fused", "lora_example", "lora_fused_gc", "lora_fused_channels_last", "full_fused"]
     result = load().main(["--tiny", "--models", "sdxl", "--train-variants", ",".join(variants), "--gen-batches", "1",
                           "--out", str(out)])
     assert json.loads(out.read_text())["targets"] == result["targets"]
