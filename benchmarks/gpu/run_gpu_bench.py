@@ -1,7 +1,8 @@
 """Full-size SD1.5 / SDXL on one GPU: the CV-DPO step and candidate generation, with MFU and peak memory.
 
-One command, sized for a lent device (about 4-6 minutes on an H100/H200-class GPU; ``--budget-s``
-stops starting new parts once that much time has passed)::
+One command, sized for a lent device (not yet run on one: the estimate from the counted FLOPs is a
+few minutes on an H100/H200-class GPU; ``--budget-s`` (default 420) stops starting new measurements
+once that much time has passed, so the command ends within about 8 minutes)::
 
     python benchmarks/gpu/run_gpu_bench.py --out $OUT/gpu_bench.json           # on the GPU machine
     python benchmarks/gpu/run_gpu_bench.py --tiny --out /tmp/gpu_tiny.json     # CPU smoke, tiny twins
