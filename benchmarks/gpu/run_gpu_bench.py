@@ -1,7 +1,7 @@
 """Full-size SD1.5 / SDXL on one GPU: the CV-DPO step and candidate generation, with MFU and peak memory.
 
 One command, sized for a lent device (not yet run on one: the estimate from the counted FLOPs is a
-few minutes on an H100/H200-class GPU; ``--budget-s`` (default 420) stops starting new measurements
+few minutes on an H100/H200-class GPU; ``--budget-s`` (default 360) stops starting new measurements
 once that much time has passed, so the command ends within about 8 minutes)::
 
     python benchmarks/gpu/run_gpu_bench.py --out $OUT/gpu_bench.json           # on the GPU machine
@@ -446,7 +446,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--gen-candidates", type=int, default=4, help="candidates per instruction (2 instructions per call)")
     ap.add_argument("--gen-rounds", type=int, default=2)
     ap.add_argument("--matmul-n", type=int, default=8192)
-    ap.add_argument("--budget-s", type=float, default=420.0, help="start no new measurement after this many seconds")
+    ap.add_argument("--budget-s", type=float, default=360.0, help="start no new measurement after this many seconds")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     if args.tiny:
