@@ -508,6 +508,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     raise
             result["generate"][kind]["seconds"] = round(time.perf_counter() - t0, 1)
             print(f"[gpu] generate {kind}: {json.dumps(result['generate'][kind])[:800]}", flush=True)
+            _write(result, args.out)
     result["targets"] = targets(result)
     result["total_s"] = round(time.perf_counter() - t_start, 1)
     print(json.dumps(result["targets"], indent=1))
