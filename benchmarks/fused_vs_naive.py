@@ -59,11 +59,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast dtype")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=None, help="also write the result JSON here")
+    ap.add_argument("--tiny", action="store_true", help="CI size: B=2, 1 timed step")
     args = ap.parse_args(argv)
+    if args.tiny:
+        args.batch, args.steps, args.threads = 2, 1, 1
     torch.set_num_threads(args.threads)
 
     from instructengine.train.losses import cross_validation_dpo_loss
-    from instructengine.train.models import ShapesAdapter
+    from instructengine.shapes.adapter import ShapesAdapter
     from instructengine.train.steps import Encoder, combination_errors
 
     comps, source = build_model()
@@ -103,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
         return time.perf_counter() - t0
 
     times: dict[str, list[float]] = {"fused": [], "naive": []}
-    for _ in range(2):
+    for _ in range(1 if args.tiny else 2):
         step(True), step(False)
     for _ in range(args.steps):  # interleaved, so background load affects both alike
         times["fused"].append(step(True))

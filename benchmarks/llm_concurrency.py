@@ -70,7 +70,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--retry-after", default="0.1", help="the 429's Retry-After header")
     p.add_argument("--in-process", action="store_true", help="server in a thread of this process (not a subprocess)")
     p.add_argument("--out", type=Path, help="also write the result as JSON here")
+    p.add_argument("--tiny", action="store_true", help="CI size: 64 requests of 20 ms, 16 at concurrency 1")
     args = p.parse_args(argv)
+    if args.tiny:
+        args.requests, args.latency, args.serial_requests = 64, 0.02, 16
 
     with _server(args, 0.0) as srv:
         asyncio.run(timed_batch(srv.base_url, 4, 4, offset=-10))  # warm-up: imports, first connections

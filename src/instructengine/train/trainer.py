@@ -165,6 +165,10 @@ class Trainer:
                 self.reference_unet = copy.deepcopy(unet).requires_grad_(False).eval().to(dtype=self.weight_dtype)
         if cfg.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
+        if cfg.channels_last:
+            unet.to(memory_format=torch.channels_last)
+            if self.reference_unet is not None:
+                self.reference_unet.to(memory_format=torch.channels_last)
         unet.train()
         self.needs_reference = needs_reference
         self.adapter = adapter
@@ -254,7 +258,7 @@ class Trainer:
         self.params = [p for p in self.unet.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(
             self.params, lr=cfg.optim.lr, betas=(cfg.optim.adam_beta1, cfg.optim.adam_beta2),
-            weight_decay=cfg.optim.weight_decay, eps=cfg.optim.adam_eps,
+            weight_decay=cfg.optim.weight_decay, eps=cfg.optim.adam_eps, **({"fused": True} if cfg.optim.fused else {}),
         )
         # the lr scheduler is deliberately not prepared: accelerate would step it once per process
         self.lr_scheduler = get_scheduler(cfg.optim.lr_schedule, optimizer, num_warmup_steps=cfg.optim.warmup_steps,
