@@ -93,7 +93,10 @@ def test_429_does_not_stall_the_other_workers(start_server):
     run(with_client(fast_cfg(srv, concurrency=2), many))
     firsts = [e["t"] - t0 for e in srv.log if e["fault"] is None and "item 0" not in str(e)]
     assert len(srv.log) == 7
-    assert max(sorted(e["t"] - t0 for e in srv.log)[:6]) < 0.8  # all six first attempts long before 1 s
+    # all six first attempts long before the 1 s the 429 asked for (timed from the first request, not
+    # from t0: the client's set-up alone can take seconds on a loaded machine)
+    first = min(e["t"] for e in srv.log)
+    assert max(sorted(e["t"] - first for e in srv.log)[:6]) < 0.8
     retry = [e["t"] - srv.log[0]["t"] for e in srv.log if e["key"] == srv.log[0]["key"]]
     assert retry[1] >= 0.95 and firsts
 
