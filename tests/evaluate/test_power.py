@@ -118,3 +118,18 @@ def test_prompts_needed_meets_the_half_width_and_says_when_seeds_are_the_limit()
     assert VarianceComponents(0.03, 0.0005, 0.2, 0.2).prompts_needed(0.015, n_seeds=2, n_images=3) is None
     with pytest.raises(ValueError, match="S=1"):
         VarianceComponents.estimate(np.zeros((1, 3, 2)), np.zeros((3, 2)))
+
+
+def test_one_image_seed_folds_the_base_noise_into_the_prompt_term():
+    rng = np.random.default_rng(4)
+    truth = VarianceComponents(prompt=0.04, seed=0.0009, arm_noise=0.2, base_noise=0.15)
+    s, p = 60, 2000  # many seeds: the seed variance's estimate has S - 1 degrees of freedom
+    m = rng.normal(0, math.sqrt(truth.prompt), p)
+    b = rng.normal(0, math.sqrt(truth.seed), s)
+    arm = m[None, :, None] + b[:, None, None] + rng.normal(0, math.sqrt(truth.arm_noise), (s, p, 1))
+    base = rng.normal(0, math.sqrt(truth.base_noise), (p, 1))
+    vc = VarianceComponents.estimate(arm, base)
+    assert vc.base_noise == 0.0
+    assert vc.arm_noise == pytest.approx(truth.arm_noise, rel=0.05)
+    assert vc.prompt == pytest.approx(truth.prompt + truth.base_noise, rel=0.1)
+    assert vc.se(750, 3, 1) == pytest.approx(truth.se(750, 3, 1), rel=0.1)

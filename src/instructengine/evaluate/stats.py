@@ -169,11 +169,16 @@ class VarianceComponents:
     @classmethod
     def estimate(cls, arm: np.ndarray, base: np.ndarray) -> "VarianceComponents":
         """Method-of-moments estimate from an arm's scores ``(S, P, K)`` and the base's ``(P, K)``
-        (the same prompts and image seeds, in the same order; S >= 2 and K >= 2 for the seed and
-        noise terms). Negative estimates of ``prompt`` and ``seed`` are set to 0.
+        (the same prompts and image seeds, in the same order; S >= 2, P >= 2). Negative estimates of
+        ``prompt`` and ``seed`` are set to 0.
+
+        With K >= 2 the noise terms are the mean within-cell variances over image seeds. With K = 1
+        the arm's noise is the residual variance of the additive (seed + prompt) model of its scores,
+        and the base's noise cannot be told apart from the prompt term: it is folded into ``prompt``
+        (``base_noise = 0``), which keeps ``se`` right at K = 1 and conservative for K > 1.
 
         Raises:
-            ValueError: shapes that do not match, S < 2, K < 2, or NaN in the input.
+            ValueError: shapes that do not match, S < 2, P < 2, or NaN in the input.
         """
         arm = np.asarray(arm, dtype=np.float64)
         base = np.asarray(base, dtype=np.float64)
@@ -181,13 +186,18 @@ class VarianceComponents:
             raise ValueError(f"VarianceComponents.estimate: arm must be (S, P, K) and base (P, K) with the same "
                              f"P, K; got {arm.shape} and {base.shape}")
         s, p, k = arm.shape
-        if s < 2 or k < 2 or p < 2:
-            raise ValueError(f"VarianceComponents.estimate: needs >= 2 training seeds, prompts and image seeds; "
-                             f"got S={s}, P={p}, K={k}")
+        if s < 2 or p < 2:
+            raise ValueError(f"VarianceComponents.estimate: needs >= 2 training seeds and prompts; got S={s}, P={p}, K={k}")
         if np.isnan(arm).any() or np.isnan(base).any():
             raise ValueError("VarianceComponents.estimate: NaN in the scores (drop unmeasured prompts first)")
-        arm_noise = float(arm.var(axis=2, ddof=1).mean())
-        base_noise = float(base.var(axis=1, ddof=1).mean())
+        if k >= 2:
+            arm_noise = float(arm.var(axis=2, ddof=1).mean())
+            base_noise = float(base.var(axis=1, ddof=1).mean())
+        else:
+            cell = arm[:, :, 0]
+            resid = cell - cell.mean(axis=1, keepdims=True) - cell.mean(axis=0, keepdims=True) + cell.mean()
+            arm_noise = float((resid ** 2).sum() / ((s - 1) * (p - 1)))
+            base_noise = 0.0
         seed_means = arm.mean(axis=(1, 2))
         seed = max(0.0, float(seed_means.var(ddof=1)) - arm_noise / (p * k))
         per_prompt = arm.mean(axis=(0, 2)) - base.mean(axis=1)
