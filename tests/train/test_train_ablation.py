@@ -142,6 +142,21 @@ def test_ablation_end_to_end_and_resumable(tiny_root, tmp_path, caplog):
     again = run_ablation(cfg)
     assert {p: p.stat().st_mtime for p in runs.rglob("manifest.json")} == stamp
     assert again.read_text().splitlines()[:5] == text.splitlines()[:5]
+    # another ablation on the same base, prompts and seeds reuses the base's scores instead of sampling it
+    other = cfg.model_copy(update={"name": "mini2", "arms": cfg.arms[:1], "selection": None})
+    caplog.clear()
+    with caplog.at_level("INFO", logger="instructengine.experiments.ablation"):
+        run_ablation(other)
+    progress = [r.getMessage() for r in caplog.records]
+    assert not any(m.startswith("evaluated base") for m in progress)
+    assert any(m.startswith("base scores of base on test.csv reused from") for m in progress)
+    pd.testing.assert_frame_equal(pd.read_parquet(table.parent.parent / "mini2" / "scores" / "base.parquet"),
+                                  pd.read_parquet(table.parent / "scores" / "base.parquet"))
+    # other image seeds: a different key, sampled anew
+    caplog.clear()
+    with caplog.at_level("INFO", logger="instructengine.experiments.ablation"):
+        run_ablation(other.model_copy(update={"name": "mini3", "test_seeds": [5]}))
+    assert "evaluated base on test.csv: 6 images" in [r.getMessage() for r in caplog.records]
 
 
 def test_ablation_config_errors_name_the_arm(tiny_root, tmp_path):

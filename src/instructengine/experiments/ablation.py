@@ -25,7 +25,8 @@ scorers (``configs/ablation_shapes.yaml`` is the paper's Table 2 in miniature on
    ``<run_dir>/ablation/<name>/table.md`` and ``summary.json`` with the wall time it took.
 
 Every step is resumable: finished training runs are skipped (or extended), evaluations already on
-disk are reused.
+disk are reused; the untrained base model's scores are shared by every ablation of one ``run_dir``
+with the same model, evaluation, prompts and seeds (``<run_dir>/ablation/_shared_base_scores/``).
 """
 
 from __future__ import annotations
@@ -369,12 +370,37 @@ def format_table(summary: dict[str, dict[str, Any]], arms: list[Arm], base_arm: 
 # ----------------------------------------------------------------------------------------------
 
 
+def _base_cache_path(cfg: AblationConfig, tcfg: Any, prompts: str, seeds: list[int]) -> Path:
+    """Where the untrained base model's scores are shared between ablations of one ``run_dir``: keyed
+    by everything they depend on (model, evaluation or evaluator settings, prompts and their file
+    content, image seeds), so follow-up ablations on the same base never sample it again."""
+    import hashlib
+    import json
+
+    prompt_file = Path(prompts)
+    payload = {
+        "model": tcfg.model.model_dump(mode="json"), "prompts": prompts, "seeds": [int(s) for s in seeds],
+        "prompt_file_sha1": hashlib.sha1(prompt_file.read_bytes()).hexdigest() if prompt_file.is_file() else None,
+        "evaluation": cfg.evaluation.model_dump(mode="json") if cfg.evaluation else None,
+        "evaluator": cfg.evaluator, "evaluator_kwargs": cfg.evaluator_kwargs,
+    }
+    key = hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return Path(cfg.run_dir) / "ablation" / "_shared_base_scores" / f"{key}.parquet"
+
+
 def _evaluate(cfg: AblationConfig, tcfg: Any, trained: Any, name: str, prompts: str, seeds: list[int],
               root: Path) -> pd.DataFrame:
-    """Scores of one model (``trained``: a TrainResult, or None for the base weights), cached on disk."""
+    """Scores of one model (``trained``: a TrainResult, or None for the base weights), cached on disk;
+    the base model's scores are also shared between the ablations of one ``run_dir``."""
     cache = root / "scores" / f"{name}.parquet"
     if cache.is_file():
         return pd.read_parquet(cache)
+    shared = _base_cache_path(cfg, tcfg, prompts, seeds) if trained is None else None
+    if shared is not None and shared.is_file():
+        df = pd.read_parquet(shared)
+        atomic_write_parquet(cache, df)
+        log.info("base scores of %s on %s reused from %s", name, Path(prompts).name, shared)
+        return df
     if cfg.evaluator is None:
         df = harness_evaluator(cfg, tcfg, trained.final_path if trained else None, name, root, prompts, seeds)
     else:
@@ -387,6 +413,8 @@ def _evaluate(cfg: AblationConfig, tcfg: Any, trained: Any, name: str, prompts: 
     if missing:
         raise ValueError(f"evaluator of {name!r} returned no {missing} column(s); see instructengine.experiments.ablation")
     atomic_write_parquet(cache, df)
+    if shared is not None:
+        atomic_write_parquet(shared, df)
     log.info("evaluated %s on %s: %d images", name, Path(prompts).name, len(df))
     return df
 
