@@ -7,7 +7,12 @@ on 2 CPU cores.
     python benchmarks/shapes_eval.py --config configs/eval_shapes.yaml --threads 2 --target 300
 
 Runs in a fresh temporary run folder (nothing reused), prints the time per model and stage from
-the manifests, and exits 1 when the total exceeds the target.
+the manifests and the process's CPU time (``cpu_s``: comparable between runs on a shared machine,
+where wall time is not), and exits 1 when the total exceeds the target. Generation dtype matters
+more than anything else on CPUs without AVX512-BF16 (docs/training.md, "Evaluation speed"):
+
+    python benchmarks/shapes_eval.py --threads 1 benchmark.limit=6 images_per_prompt=1 \
+        models.base.dtype=float32 models.perturbed.dtype=float32
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(EvalConfig, args.config, [*args.overrides, f"run_dir={tmp}"])
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         folders = evaluate(cfg, log=lambda s: None)
         t_eval = time.perf_counter() - t0
         paths = report(cfg, log=lambda s: None)
@@ -57,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         js = json.loads(Path(paths["json"]).read_text())
         result = {"models": js["models"], "n_images_per_model": js["n_images"], "eval_s": round(t_eval, 1),
                   "report_s": round(total - t_eval, 1), "total_s": round(total, 1), "threads": args.threads,
+                  "cpu_s": round(time.process_time() - c0, 1),  # this process's CPU time: robust to a shared CPU
                   "exact": {m: js["means"][m].get("exact") for m in js["models"]}}
         for name, folder in folders.items():
             m = json.loads((Path(folder) / "manifest.json").read_text())

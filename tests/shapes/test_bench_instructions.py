@@ -4,6 +4,7 @@ import asyncio
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from instructengine.backends import InstructionBackend
 from instructengine.data.schema import DIMENSIONS
@@ -25,6 +26,25 @@ def test_every_bench_prompt_is_heldout_and_never_a_training_prompt():
     sampler = SceneSampler(split="train", rng=np.random.default_rng(0))
     train = {sampler.draw().caption for _ in range(20000)}
     assert not bench & train
+
+
+def test_xl_test_set_is_heldout_disjoint_from_validation_and_training():
+    from instructengine.shapes.bench import load_shapesbench_xl
+
+    xl = load_shapesbench_xl()
+    assert len(xl) == 750 and xl.prompt.is_unique
+    validation = set(generate_shapesbench(7).prompt)  # the shapesbench-val prompts come from this draw
+    assert not validation & set(xl.prompt)
+    assert all(scene_is_heldout(parse_caption(p)) for p in xl.prompt)
+    sampler = SceneSampler(split="train", rng=np.random.default_rng(1))
+    assert not {sampler.draw().caption for _ in range(20000)} & set(xl.prompt)
+
+
+@pytest.mark.slow
+def test_shipped_xl_file_matches_the_generator():
+    from instructengine.shapes.bench import generate_shapesbench_xl, load_shapesbench_xl
+
+    pd.testing.assert_frame_equal(load_shapesbench_xl(), generate_shapesbench_xl())
 
 
 def _all_rule_pairs(backend):

@@ -66,6 +66,25 @@ def test_pretrain_resumes_to_the_same_weights(tmp_path):
     assert (tmp_path / "full" / "config.yaml").is_file()
 
 
+def test_roomier_base_option_has_attention_at_16x16_and_fits_the_size_limit():
+    """configs/shapes_pretrain_attn16.yaml: cross-attention at 16x16 (level 1) too, <= 20 MB float32."""
+    from pathlib import Path
+
+    from instructengine.config import load_config
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    shipped = load_config(PretrainConfig, root / "shapes_pretrain.yaml")
+    roomy = load_config(PretrainConfig, root / "shapes_pretrain_attn16.yaml")
+    assert roomy.model.attention_levels == (False, True, True) and roomy.p_relation > shipped.p_relation
+    comps = build_components(roomy.model)
+    kinds = [type(b).__name__ for b in comps["unet"].down_blocks]
+    assert kinds == ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"]
+    n_bytes = 4 * sum(p.numel() for m in ("unet", "text_encoder") for p in comps[m].parameters())
+    assert n_bytes <= 20 * 2**20
+    assert n_bytes > 4 * sum(p.numel() for m in ("unet", "text_encoder")
+                             for p in build_components(shipped.model)[m].parameters())
+
+
 def test_contrastive_training_and_scorer(tmp_path):
     cfg = ContrastiveConfig(out_dir=tmp_path, steps=3, batch_size=8, hidden_size=16, layers=1, threads=1)
     path = train_contrastive(cfg, progress=False)

@@ -17,6 +17,7 @@ from instructengine.experiments.ablation import (
     random_pick_samples,
     run_ablation,
     summarize_arms,
+    variance_components,
 )
 from instructengine.train.tiny import write_candidates, write_samples
 
@@ -66,6 +67,27 @@ def test_summarize_skips_not_applicable_rows():
     assert out["cv"]["exact"]["mean"] == 0.75 and out["cv"]["exact"]["diff"] == 0.5
     assert out["cv"]["relation"]["n"] == 4 and out["cv"]["relation"]["mean"] == 1.0  # 2 seeds x 2 applicable
     assert out["base"]["relation"]["mean"] == 0.5 and "diff" not in out["base"]["exact"]
+
+
+def test_variance_components_from_score_tables_match_the_array_estimate():
+    from instructengine.evaluate.stats import VarianceComponents
+
+    rng = np.random.default_rng(2)
+    n_prompts, image_seeds = 30, [0, 1]
+
+    def table(p_exact):
+        rows = [{"prompt_index": p, "seed": k, "exact": float(rng.random() < p_exact)} for p in range(n_prompts)
+                for k in image_seeds]
+        return pd.DataFrame(rows).sample(frac=1.0, random_state=int(rng.integers(1000)))  # order must not matter
+
+    base, arms = table(0.3), [table(0.4), table(0.5), table(0.45)]
+    got = variance_components({"base": [base], "cv": arms, "one_seed": [arms[0]]}, "base", "exact")
+    assert set(got) == {"cv"}  # one training seed: no seed variance to estimate
+    arr = np.stack([a.sort_values(["prompt_index", "seed"]).exact.to_numpy().reshape(n_prompts, 2) for a in arms])
+    want = VarianceComponents.estimate(arr, base.sort_values(["prompt_index", "seed"]).exact.to_numpy().reshape(n_prompts, 2))
+    assert got["cv"]["components"] == pytest.approx(want.__dict__)
+    assert got["cv"]["se"] == pytest.approx(want.se(n_prompts, 3, 2))
+    assert (got["cv"]["n_seeds"], got["cv"]["n_prompts"], got["cv"]["n_images"]) == (3, n_prompts, 2)
 
 
 def _ablation_yaml(tiny_root: Path, tmp_path: Path) -> Path:
@@ -120,6 +142,21 @@ def test_ablation_end_to_end_and_resumable(tiny_root, tmp_path, caplog):
     again = run_ablation(cfg)
     assert {p: p.stat().st_mtime for p in runs.rglob("manifest.json")} == stamp
     assert again.read_text().splitlines()[:5] == text.splitlines()[:5]
+    # another ablation on the same base, prompts and seeds reuses the base's scores instead of sampling it
+    other = cfg.model_copy(update={"name": "mini2", "arms": cfg.arms[:1], "selection": None})
+    caplog.clear()
+    with caplog.at_level("INFO", logger="instructengine.experiments.ablation"):
+        run_ablation(other)
+    progress = [r.getMessage() for r in caplog.records]
+    assert not any(m.startswith("evaluated base") for m in progress)
+    assert any(m.startswith("base scores of base on test.csv reused from") for m in progress)
+    pd.testing.assert_frame_equal(pd.read_parquet(table.parent.parent / "mini2" / "scores" / "base.parquet"),
+                                  pd.read_parquet(table.parent / "scores" / "base.parquet"))
+    # other image seeds: a different key, sampled anew
+    caplog.clear()
+    with caplog.at_level("INFO", logger="instructengine.experiments.ablation"):
+        run_ablation(other.model_copy(update={"name": "mini3", "test_seeds": [5]}))
+    assert "evaluated base on test.csv: 6 images" in [r.getMessage() for r in caplog.records]
 
 
 def test_ablation_config_errors_name_the_arm(tiny_root, tmp_path):

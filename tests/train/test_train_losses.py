@@ -224,3 +224,100 @@ def test_sft_weight_only_for_dpo_family_methods():
         with pytest.raises(ConfigError, match="anchor_weight applies to the DPO-family"):
             validate_config(TrainConfig, {"method": method, "loss": {"anchor_weight": 1}})
     assert validate_config(TrainConfig, {"method": "diffusion_dpo", "loss": {"anchor_weight": 5}}).loss.anchor_weight == 5
+
+
+# --------------------------------------------------------------------------------------------
+# DPO-Positive: the anchor inside the log-sigmoid (loss.dpop_lambda)
+# --------------------------------------------------------------------------------------------
+
+DPOP = LossConfig(beta=50.0, dpop_lambda=0.5)
+
+
+def test_dpo_positive_by_hand_from_the_papers_formula():
+    """Pal et al. 2024, Eq. 3: -log sigmoid(beta * (log-ratio margin - lambda * max(0, log pi_ref(y_w) -
+    log pi_theta(y_w)))), with log pi_theta - log pi_ref = -D. Winner: policy 0.032 vs reference 0.030
+    (D_w = +0.002), loser 0.041 vs 0.040 (D_l = +0.001); beta 1000, lambda 0.5:
+    log-ratio margin = -1000 * (0.002 - 0.001) = -1, penalty 1000 * 0.5 * 0.002 = 1,
+    loss = -log sigmoid(-2) = log(1 + e^2) = 2.126928."""
+    m_w, m_l = torch.tensor([0.032], dtype=torch.float64), torch.tensor([0.041], dtype=torch.float64)
+    r_w, r_l = torch.tensor([0.030], dtype=torch.float64), torch.tensor([0.040], dtype=torch.float64)
+    got = diffusion_dpo_loss(m_w, m_l, r_w, r_l, 1000.0, dpop_lambda=0.5)
+    assert got.item() == pytest.approx(math.log(1 + math.e ** 2), abs=1e-9)
+    assert got.item() == pytest.approx(2.126928, abs=1e-6)
+    # winner better than the reference (D_w = -0.002, D_l = +0.001): no penalty, plain DPO = log(1 + e^-3)
+    better = diffusion_dpo_loss(torch.tensor([0.028], dtype=torch.float64), m_l, r_w, r_l, 1000.0, dpop_lambda=0.5)
+    assert better.item() == pytest.approx(math.log(1 + math.e ** -3), abs=1e-9)
+    # CV-DPO: both winners' penalties in its one log-sigmoid. D = [+0.002, +0.001, +0.003, -0.001]:
+    # margin (0.002 - 0.001) + (0.003 + 0.001) = 0.005, penalty 0.5 * (0.002 + 0.003) = 0.0025,
+    # loss = -log sigmoid(-1000 * 0.0075) = log(1 + e^7.5)
+    ref = torch.full((1, 4), 0.030, dtype=torch.float64)
+    model = ref + torch.tensor([[0.002, 0.001, 0.003, -0.001]], dtype=torch.float64)
+    got_cv = cross_validation_dpo_loss(model, ref, 1000.0, dpop_lambda=0.5)
+    assert got_cv.item() == pytest.approx(math.log1p(math.exp(7.5)), abs=1e-9)
+
+
+@pytest.mark.parametrize("name", ["cross_validation_dpo", "four_triple_dpo", "diffusion_dpo"])
+def test_dpo_positive_policy_equal_reference_gives_log2(name):
+    spec = LOSSES[name]
+    _, ref = _errs(spec.layout)
+    loss = spec.fn(ref.clone(), ref, DPOP)
+    torch.testing.assert_close(loss, torch.full_like(loss, LOG2))
+
+
+@pytest.mark.parametrize("name", ["cross_validation_dpo", "four_triple_dpo", "diffusion_dpo"])
+def test_dpo_positive_sign_and_penalty(name):
+    spec = LOSSES[name]
+    model, ref = _errs(spec.layout)
+    base = spec.fn(model, ref, DPOP)
+    for _, w, l in spec.triples:
+        better = model.clone()
+        better[:, w] -= 0.005
+        assert (spec.fn(better, ref, DPOP) < base).all(), (name, w)
+        worse_loser = model.clone()
+        worse_loser[:, l] += 0.005
+        assert (spec.fn(worse_loser, ref, DPOP) < base).all(), (name, l)
+    # the penalty only ever raises the loss, and only where a winner is denoised worse than the reference
+    plain = spec.fn(model, ref, CFG)
+    assert (base >= plain - 1e-12).all()
+    winners = list(spec.winner_columns)
+    displaced = ((model - ref)[:, winners] > 0).any(dim=1)
+    assert torch.all(base[displaced] > plain[displaced]) and torch.allclose(base[~displaced], plain[~displaced])
+
+
+def test_dpo_positive_is_symmetric_in_the_two_triples():
+    model, ref = _errs("quad", b=7, seed=3)
+    perm = [2, 3, 0, 1]
+    for fn in (cross_validation_dpo_loss, four_triple_dpo_loss):
+        torch.testing.assert_close(fn(model, ref, 50.0, 0.5), fn(model[:, perm], ref[:, perm], 50.0, 0.5))
+
+
+def test_dpo_positive_breaks_the_cv_null_space():
+    """The penalty makes CV-DPO see an image-only drift of its preferred images (the null space of the
+    plain loss, test_cross_validation_sees_only_the_interaction_of_instruction_and_image)."""
+    ref = torch.full((3, 4), 0.5, dtype=torch.float64)
+    model = ref.clone()
+    worse_winner = model.clone()
+    worse_winner[:, [0, 3]] += 0.05  # y1 denoised worse under both instructions
+    torch.testing.assert_close(cross_validation_dpo_loss(worse_winner, ref, 50.0), cross_validation_dpo_loss(model, ref, 50.0))
+    assert torch.all(cross_validation_dpo_loss(worse_winner, ref, 50.0, 0.5) > cross_validation_dpo_loss(model, ref, 50.0, 0.5))
+
+
+@pytest.mark.parametrize("name", ["cross_validation_dpo", "four_triple_dpo", "diffusion_dpo"])
+def test_dpo_positive_finite_difference_gradient(name):
+    spec = LOSSES[name]
+    model, ref = _errs(spec.layout, b=3, seed=13)  # no D_w exactly at the hinge's kink
+    model.requires_grad_(True)
+    cfg = LossConfig(beta=20.0, dpop_lambda=2.0)
+    assert torch.autograd.gradcheck(lambda m: spec.fn(m, ref, cfg).sum(), (model,), eps=1e-6, atol=1e-5)
+
+
+def test_dpop_lambda_only_for_dpo_family_methods():
+    from instructengine.config import ConfigError, validate_config
+    from instructengine.train.config import TrainConfig
+
+    assert validate_config(TrainConfig, {"method": "cv_dpo", "loss": {"dpop_lambda": 0.5}}).loss.dpop_lambda == 0.5
+    for method in ("sft", "orpo"):
+        with pytest.raises(ConfigError, match="dpop_lambda applies to the DPO-family"):
+            validate_config(TrainConfig, {"method": method, "loss": {"dpop_lambda": 1}})
+    with pytest.raises(ConfigError, match="dpop_lambda"):
+        validate_config(TrainConfig, {"method": "cv_dpo", "loss": {"dpop_lambda": -1}})

@@ -25,7 +25,8 @@ scorers (``configs/ablation_shapes.yaml`` is the paper's Table 2 in miniature on
    ``<run_dir>/ablation/<name>/table.md`` and ``summary.json`` with the wall time it took.
 
 Every step is resumable: finished training runs are skipped (or extended), evaluations already on
-disk are reused.
+disk are reused; the untrained base model's scores are shared by every ablation of one ``run_dir``
+with the same model, evaluation, prompts and seeds (``<run_dir>/ablation/_shared_base_scores/``).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ __all__ = [
     "random_pick_samples",
     "run_ablation",
     "summarize_arms",
+    "variance_components",
 ]
 
 log = logging.getLogger(__name__)
@@ -299,6 +301,45 @@ def summarize_arms(scores: dict[str, list[pd.DataFrame]], base_arm: str, metrics
     return out
 
 
+def _score_array(dfs: list[pd.DataFrame], metric: str, prompts: np.ndarray, image_seeds: np.ndarray) -> np.ndarray:
+    """(training seeds, prompts, image seeds) array of one metric; NaN where an image is missing."""
+    out = np.full((len(dfs), len(prompts), len(image_seeds)), np.nan)
+    p_pos = {p: i for i, p in enumerate(prompts)}
+    k_pos = {k: i for i, k in enumerate(image_seeds)}
+    for s, df in enumerate(dfs):
+        d = df[["prompt_index", "seed", metric]].dropna()
+        out[s, d.prompt_index.map(p_pos).to_numpy(), d.seed.map(k_pos).to_numpy()] = d[metric].to_numpy(dtype=float)
+    return out
+
+
+def variance_components(scores: dict[str, list[pd.DataFrame]], base_arm: str, metric: str,
+                        half_width: float = 0.015) -> dict[str, dict[str, Any]]:
+    """Per trained arm with >= 2 training seeds: the variance components of its paired difference
+    from ``base_arm`` (:class:`instructengine.evaluate.stats.VarianceComponents`, on the prompts every
+    model has all images of), the predicted standard error at this run's size, and the prompts needed
+    for an interval of ``half_width`` at 3, 5 and 10 training seeds (None: seeds are the limit)."""
+    from instructengine.evaluate.stats import VarianceComponents
+
+    every = pd.concat([df for dfs in scores.values() for df in dfs])
+    prompts = np.unique(every.prompt_index.to_numpy())
+    image_seeds = np.unique(every.seed.to_numpy())
+    base = _score_array(scores[base_arm], metric, prompts, image_seeds)[0]
+    out: dict[str, dict[str, Any]] = {}
+    for arm, dfs in scores.items():
+        if arm == base_arm or len(dfs) < 2:
+            continue
+        a = _score_array(dfs, metric, prompts, image_seeds)
+        ok = ~np.isnan(a).any(axis=(0, 2)) & ~np.isnan(base).any(axis=1)
+        if ok.sum() < 2:
+            continue
+        vc = VarianceComponents.estimate(a[:, ok], base[ok])
+        s, p, k = a[:, ok].shape
+        out[arm] = {"components": vc.__dict__, "n_seeds": s, "n_prompts": p, "n_images": k,
+                    "se": vc.se(p, s, k),
+                    "prompts_needed": {str(n): vc.prompts_needed(half_width, n, k) for n in (3, 5, 10)}}
+    return out
+
+
 def _fmt(entry: dict[str, Any] | None, key: str = "mean", ci: str | None = "ci95") -> str:
     """Binary metrics in percent (1 decimal), others as is (3 decimals); '+' on positive differences."""
     if not entry or key not in entry:
@@ -330,12 +371,37 @@ def format_table(summary: dict[str, dict[str, Any]], arms: list[Arm], base_arm: 
 # ----------------------------------------------------------------------------------------------
 
 
+def _base_cache_path(cfg: AblationConfig, tcfg: Any, prompts: str, seeds: list[int]) -> Path:
+    """Where the untrained base model's scores are shared between ablations of one ``run_dir``: keyed
+    by everything they depend on (model, evaluation or evaluator settings, prompts and their file
+    content, image seeds), so follow-up ablations on the same base never sample it again."""
+    import hashlib
+    import json
+
+    prompt_file = Path(prompts)
+    payload = {
+        "model": tcfg.model.model_dump(mode="json"), "prompts": prompts, "seeds": [int(s) for s in seeds],
+        "prompt_file_sha1": hashlib.sha1(prompt_file.read_bytes()).hexdigest() if prompt_file.is_file() else None,
+        "evaluation": cfg.evaluation.model_dump(mode="json") if cfg.evaluation else None,
+        "evaluator": cfg.evaluator, "evaluator_kwargs": cfg.evaluator_kwargs,
+    }
+    key = hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return Path(cfg.run_dir) / "ablation" / "_shared_base_scores" / f"{key}.parquet"
+
+
 def _evaluate(cfg: AblationConfig, tcfg: Any, trained: Any, name: str, prompts: str, seeds: list[int],
               root: Path) -> pd.DataFrame:
-    """Scores of one model (``trained``: a TrainResult, or None for the base weights), cached on disk."""
+    """Scores of one model (``trained``: a TrainResult, or None for the base weights), cached on disk;
+    the base model's scores are also shared between the ablations of one ``run_dir``."""
     cache = root / "scores" / f"{name}.parquet"
     if cache.is_file():
         return pd.read_parquet(cache)
+    shared = _base_cache_path(cfg, tcfg, prompts, seeds) if trained is None else None
+    if shared is not None and shared.is_file():
+        df = pd.read_parquet(shared)
+        atomic_write_parquet(cache, df)
+        log.info("base scores of %s on %s reused from %s", name, Path(prompts).name, shared)
+        return df
     if cfg.evaluator is None:
         df = harness_evaluator(cfg, tcfg, trained.final_path if trained else None, name, root, prompts, seeds)
     else:
@@ -348,6 +414,8 @@ def _evaluate(cfg: AblationConfig, tcfg: Any, trained: Any, name: str, prompts: 
     if missing:
         raise ValueError(f"evaluator of {name!r} returned no {missing} column(s); see instructengine.experiments.ablation")
     atomic_write_parquet(cache, df)
+    if shared is not None:
+        atomic_write_parquet(shared, df)
     log.info("evaluated %s on %s: %d images", name, Path(prompts).name, len(df))
     return df
 
@@ -461,7 +529,9 @@ def run_ablation(cfg: AblationConfig) -> Path:
         sel = cfg.selection
         note += (f"\n## Selection on validation prompts ({sel.prompts!r} x image seeds {sel.seeds}; one training "
                  f"seed, {sel.train_seed})\n\n" + format_selection(selection_log, chosen, sel.metric))
+    components = variance_components(scores, cfg.base_arm, main_metric)
     atomic_write_json(root / "summary.json", {"summary": summary, "chosen": chosen, "selection": selection_log,
+                                              "variance_components": components,
                                               "train_seconds": timings, "wall_seconds": round(wall, 1)})
     return atomic_write_text(root / "table.md", table + note)
 

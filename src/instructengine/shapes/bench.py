@@ -21,6 +21,7 @@ from instructengine.shapes.scene import (
 )
 
 BENCH_CSV = Path(__file__).parent / "shapesbench.csv"
+XL_CSV = Path(__file__).parent / "shapesbench_xl.csv"
 CATEGORIES = {  # category -> number of prompts
     "colours": 34, "counting": 34, "positions": 33, "counterfactual": 33, "aesthetics": 33, "compositions": 33,
 }
@@ -78,8 +79,50 @@ def load_shapesbench() -> pd.DataFrame:
     return pd.read_csv(BENCH_CSV)
 
 
-if __name__ == "__main__":  # regenerate the shipped file: python -m instructengine.shapes.bench
+def load_shapesbench_xl() -> pd.DataFrame:
+    """The shipped ShapesBench-XL (prompt, category): :func:`generate_shapesbench_xl`'s 750 prompts."""
+    return pd.read_csv(XL_CSV)
+
+
+if __name__ == "__main__":  # regenerate the shipped files: python -m instructengine.shapes.bench
     generate_shapesbench().to_csv(BENCH_CSV, index=False)
+    generate_shapesbench_xl().to_csv(XL_CSV, index=False)
+
+
+#: per-category cap of ShapesBench-XL; categories with fewer held-out captions (colours, counting,
+#: aesthetics) contribute all of theirs that the validation set does not hold
+XL_PER_CATEGORY = 200
+XL_DRAWS_PER_CATEGORY = 40_000
+
+
+def generate_shapesbench_xl(seed: int = 2025, per_category: int = XL_PER_CATEGORY,
+                            draws: int = XL_DRAWS_PER_CATEGORY) -> pd.DataFrame:
+    """ShapesBench-XL: a larger held-out test set for powered ablations (docs/training.md,
+    "Statistical power"): up to ``per_category`` distinct held-out captions per ShapesBench category,
+    drawn with ShapesBench's category generators (``draws`` tries per category), minus every
+    validation prompt (``shapesbench-val``: no setting is chosen on these). It contains the shipped
+    ShapesBench prompts that the draw meets. Small categories are exhausted: the held-out side holds
+    only ~100 'colours', ~53 'counting' and ~150 'aesthetics' captions, so the category mix is not
+    ShapesBench's and its means are not comparable with ShapesBench's (differences between arms are).
+    A category's label is the first generator that drew the caption (the single-group categories
+    overlap: every 'counting' caption is also a 'colours' one, so 'counting' ends up empty).
+    Deterministic from ``seed``; shipped as ``shapesbench_xl.csv`` (generating takes ~10-60 s).
+    """
+    validation = set(generate_shapesbench(7).prompt)
+    rng = np.random.default_rng(seed)
+    rows, seen = [], set(validation)
+    for category in CATEGORIES:
+        k = 0
+        for _ in range(draws):
+            if k >= per_category:
+                break
+            scene = _draw(category, rng)
+            if scene.caption in seen or not scene_is_heldout(scene):
+                continue
+            seen.add(scene.caption)
+            rows.append({"prompt": scene.caption, "category": category})
+            k += 1
+    return pd.DataFrame(rows)
 
 
 def validation_prompts(out: str | Path, seed: int = 7) -> Path:

@@ -13,6 +13,7 @@ scorer                 shapes_oracle          exact match, per attribute, share 
 scorer                 shapes_clip            the tiny contrastive model's cosine
 scorer                 shapes_aesthetic       palette/cleanliness in [0, 1]
 benchmark              shapesbench            200 held-out prompts in 6 categories
+benchmark              shapesbench-xl         750 held-out prompts, none a validation prompt
 validation_prompts     shapesbench-val        ShapesBench's generator, another seed, test removed
 model                  shapes                 the training adapter (pixel-space U-Net)
 tiny_model             shapes                 a tiny random-weight ShapesWorld-like model
@@ -37,7 +38,8 @@ COMPONENTS: dict[str, dict[str, str]] = {
         "shapes_clip": "instructengine.shapes.scorers:make_clip",
         "shapes_aesthetic": "instructengine.shapes.scorers:make_aesthetic",
     },
-    "benchmark": {"shapesbench": "instructengine.shapes.bench:load_shapesbench"},
+    "benchmark": {"shapesbench": "instructengine.shapes.bench:load_shapesbench",
+                  "shapesbench-xl": "instructengine.shapes.bench:load_shapesbench_xl"},
     "validation_prompts": {"shapesbench-val": "instructengine.shapes.bench:validation_prompts"},
     "model": {"shapes": "instructengine.shapes.adapter:load_shapes_adapter"},
     "tiny_model": {"shapes": "instructengine.shapes.tiny:tiny_shapes_components"},

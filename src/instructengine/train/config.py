@@ -236,6 +236,13 @@ class LossConfig(Config):
         "the preferred images are denoised no worse than by the reference, so it only counters likelihood "
         "displacement; 0 = off",
     )
+    dpop_lambda: float = Field(
+        0.0,
+        ge=0,
+        description="DPO-family methods only: DPO-Positive's lambda, the same hinge max(0, policy error - reference "
+        "error) of each triple's winner INSIDE the log-sigmoid: -log sigmoid(-beta * (D_w - D_l + lambda * max(0, D_w))) "
+        "(Pal et al. 2024, Eq. 3); CV-DPO adds both winners' penalties in its one log-sigmoid; 0 = off",
+    )
 
 
 class ReflConfig(Config):
@@ -416,7 +423,7 @@ class TrainConfig(Config):
                              "refuse half inputs); use mixed_precision=bf16 (CPU autocast) or mixed_precision=no")
         if self.max_timestep is not None and self.max_timestep <= self.min_timestep:
             raise ValueError(f"max_timestep={self.max_timestep} must be > min_timestep={self.min_timestep}")
-        for name in ("sft_weight", "anchor_weight"):
+        for name in ("sft_weight", "anchor_weight", "dpop_lambda"):
             if not getattr(self.loss, name):
                 continue
             from instructengine.train.losses import LOSSES

@@ -25,6 +25,13 @@ Cross-validation DPO (DESIGN.md part 3, the paper's Eq. 8 with its typo fixed)::
 
     L = -log sigmoid( -beta * ( (D(x1,y1) - D(x1,y2)) + (D(x2,y2) - D(x2,y1)) ) )
 
+DPO-Positive anchor inside the log-sigmoid (``loss.dpop_lambda``, Pal et al. 2024, "Smaug", Eq. 3:
+``-log sigmoid(beta * (log-ratio margin - lambda * max(0, log pi_ref(y_w) - log pi_theta(y_w))))``).
+With ``log pi_theta(y) - log pi_ref(y) = -D`` (up to the constant absorbed in beta) the penalty is
+``max(0, D_w)``: every triple's term becomes ``-log sigmoid(-beta * ((D_w - D_l) + lambda * max(0, D_w)))``;
+CV-DPO adds both image triples' penalties inside its one log-sigmoid. ``lambda = 0`` is plain DPO.
+(``loss.anchor_weight`` is the same hinge *outside* the log-sigmoid, added to the loss.)
+
 Note on the "discarded" IOPO triples (one image, two instructions): inside ONE log-sigmoid they add
 ``(D(x1,y1) - D(x2,y1)) + (D(x2,y2) - D(x1,y2))``, which is algebraically the same sum as above, so
 "keeping" them there would only double beta. The ablation therefore keeps them as four separate
@@ -52,6 +59,7 @@ __all__ = [
     "beta_from_diffusion_dpo_code",
     "cross_validation_dpo_loss",
     "diffusion_dpo_loss",
+    "dpo_positive_penalty",
     "four_triple_dpo_loss",
     "mapo_loss",
     "orpo_loss",
@@ -102,34 +110,62 @@ def _check_errors(model_err: torch.Tensor, ref_err: torch.Tensor | None, columns
         )
 
 
+def dpo_positive_penalty(d_winner: torch.Tensor, dpop_lambda: float) -> torch.Tensor:
+    """DPO-Positive's penalty in error units, ``lambda * max(0, D_w)``, added to ``D_w - D_l`` inside
+    the log-sigmoid (zero, with zero gradient, while the policy denoises the winner no worse than the
+    reference). Raises ValueError for a negative ``lambda``."""
+    if dpop_lambda < 0:
+        raise ValueError(f"dpop_lambda={dpop_lambda} must be >= 0")
+    return dpop_lambda * torch.relu(d_winner)
+
+
 def diffusion_dpo_loss(
-    model_w: torch.Tensor, model_l: torch.Tensor, ref_w: torch.Tensor, ref_l: torch.Tensor, beta: float | torch.Tensor
+    model_w: torch.Tensor, model_l: torch.Tensor, ref_w: torch.Tensor, ref_l: torch.Tensor, beta: float | torch.Tensor,
+    dpop_lambda: float = 0.0,
 ) -> torch.Tensor:
-    """Diffusion-DPO (Wallace et al. 2023) on one triple: ``-log sigmoid(-beta * (D_w - D_l))``, shape (B,)."""
-    return -F.logsigmoid(-beta * ((model_w - ref_w) - (model_l - ref_l)))
+    """Diffusion-DPO (Wallace et al. 2023) on one triple: ``-log sigmoid(-beta * (D_w - D_l))``, shape (B,).
+
+    ``dpop_lambda`` > 0: the DPO-Positive form ``-log sigmoid(-beta * (D_w - D_l + lambda * max(0, D_w)))``.
+    """
+    d_w = model_w - ref_w
+    margin = d_w - (model_l - ref_l)
+    if dpop_lambda:
+        margin = margin + dpo_positive_penalty(d_w, dpop_lambda)
+    return -F.logsigmoid(-beta * margin)
 
 
 def cross_validation_dpo_loss(
-    model_err: torch.Tensor, ref_err: torch.Tensor, beta: float | torch.Tensor
+    model_err: torch.Tensor, ref_err: torch.Tensor, beta: float | torch.Tensor, dpop_lambda: float = 0.0
 ) -> torch.Tensor:
     """Cross-validation DPO over a quad: both image triples inside one log-sigmoid, shape (B,).
 
     ``model_err``/``ref_err`` are ``(B, 4)`` in the quad column order (module docstring).
+    ``dpop_lambda`` > 0 adds DPO-Positive's penalty of both winners, (x1, y1) and (x2, y2), inside it.
     """
     _check_errors(model_err, ref_err, 4, "cross_validation_dpo_loss")
     d = model_err - ref_err
-    return -F.logsigmoid(-beta * ((d[:, 0] - d[:, 1]) + (d[:, 2] - d[:, 3])))
+    margin = (d[:, 0] - d[:, 1]) + (d[:, 2] - d[:, 3])
+    if dpop_lambda:
+        margin = margin + dpo_positive_penalty(d[:, 0], dpop_lambda) + dpo_positive_penalty(d[:, 2], dpop_lambda)
+    return -F.logsigmoid(-beta * margin)
 
 
-def four_triple_dpo_loss(model_err: torch.Tensor, ref_err: torch.Tensor, beta: float | torch.Tensor) -> torch.Tensor:
+def four_triple_dpo_loss(model_err: torch.Tensor, ref_err: torch.Tensor, beta: float | torch.Tensor,
+                         dpop_lambda: float = 0.0) -> torch.Tensor:
     """"Keep the discarded triples": mean of four Diffusion-DPO terms over a quad, shape (B,).
 
     The two image triples (x1: y1 > y2; x2: y2 > y1) plus the two instruction triples the paper
-    discards (y1: x1 > x2; y2: x2 > x1), each in its own log-sigmoid.
+    discards (y1: x1 > x2; y2: x2 > x1), each in its own log-sigmoid (``dpop_lambda``: each with its
+    winner's DPO-Positive penalty).
     """
     _check_errors(model_err, ref_err, 4, "four_triple_dpo_loss")
     d = model_err - ref_err
-    terms = [-F.logsigmoid(-beta * (d[:, w] - d[:, l])) for w, l in IMAGE_TRIPLES + INSTRUCTION_TRIPLES]
+    terms = []
+    for w, l in IMAGE_TRIPLES + INSTRUCTION_TRIPLES:
+        margin = d[:, w] - d[:, l]
+        if dpop_lambda:
+            margin = margin + dpo_positive_penalty(d[:, w], dpop_lambda)
+        terms.append(-F.logsigmoid(-beta * margin))
     return torch.stack(terms, dim=1).mean(dim=1)
 
 
@@ -214,16 +250,16 @@ _PAIR_TRIPLES = (("pair", 0, 1),)
 
 LOSSES: dict[str, LossSpec] = {
     "cross_validation_dpo": LossSpec(
-        "quad", True, lambda m, r, c: cross_validation_dpo_loss(m, r, c.beta), _QUAD_TRIPLES,
+        "quad", True, lambda m, r, c: cross_validation_dpo_loss(m, r, c.beta, c.dpop_lambda), _QUAD_TRIPLES,
         "both image triples of a sample inside one log-sigmoid (InstructEngine)",
     ),
     "four_triple_dpo": LossSpec(
-        "quad", True, lambda m, r, c: four_triple_dpo_loss(m, r, c.beta),
+        "quad", True, lambda m, r, c: four_triple_dpo_loss(m, r, c.beta, c.dpop_lambda),
         _QUAD_TRIPLES + (("y1", 0, 3), ("y2", 2, 1)),
         "image triples + the discarded instruction triples, four log-sigmoids (IOPO four-triple form)",
     ),
     "diffusion_dpo": LossSpec(
-        "pair", True, lambda m, r, c: diffusion_dpo_loss(m[:, 0], m[:, 1], r[:, 0], r[:, 1], c.beta),
+        "pair", True, lambda m, r, c: diffusion_dpo_loss(m[:, 0], m[:, 1], r[:, 0], r[:, 1], c.beta, c.dpop_lambda),
         _PAIR_TRIPLES, "Diffusion-DPO on one (x, y_w, y_l) triple",
     ),
     "sft": LossSpec("single", False, lambda m, r, c: sft_loss(m), (), "denoising loss on preferred images"),
