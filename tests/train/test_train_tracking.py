@@ -242,3 +242,23 @@ def test_wandb_requested_but_missing_is_one_clear_error(tiny_root, tmp_path, mon
 def test_validation_config_needs_prompts(tiny_root, tmp_path):
     with pytest.raises(ValueError, match="validation needs `prompts`"):
         make_config(tiny_root, tmp_path, "shapes", "cv_dpo", validation={"seeds": [0]})
+
+
+def test_cli_quiet_flag(tiny_root, tmp_path, monkeypatch, capsys):
+    from instructengine.cli import main
+    from instructengine.progress import is_quiet
+
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("INSTRUCTENGINE_QUIET", raising=False)
+    monkeypatch.setenv("INSTRUCTENGINE_PROGRESS_INTERVAL", "0")
+    for name, flag in (("loud", []), ("quiet", ["--quiet"])):
+        cfg = make_config(tiny_root, tmp_path / name, "shapes", "sft", max_steps=2)
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+        assert main(["train", "run", "--config", str(path), *flag]) == 0
+        err = capsys.readouterr().err
+        assert ("train sft: 2/2" in err) == (not flag), err[-500:]
+    assert is_quiet()  # the flag holds for the rest of this process ...
+    cfg_path = tmp_path / "loud.yaml"
+    assert main(["train", "run", "--config", str(cfg_path)]) == 0  # ... until a command without it
+    assert not is_quiet()

@@ -7,6 +7,8 @@ from typing import List, Optional
 
 import typer
 
+from instructengine.progress import quiet_option
+
 app = typer.Typer(help="Evaluate text-to-image models on prompt sets and write Table-1 style reports.", no_args_is_help=True)
 
 _CONFIG = typer.Option(..., "--config", help="YAML config (e.g. configs/eval_drawbench_sd15.yaml).")
@@ -26,7 +28,7 @@ def _fail(err: Exception) -> None:
 
 
 @app.command("eval")
-def eval_command(config: Path = _CONFIG, overrides: Optional[List[str]] = _OVERRIDES) -> None:
+def eval_command(config: Path = _CONFIG, overrides: Optional[List[str]] = _OVERRIDES, quiet: bool = quiet_option()) -> None:
     """Generate the models' images (fixed seeds, resumable), score them, and write the report."""
     from instructengine.evaluate.report import report
     from instructengine.evaluate.runner import evaluate

@@ -32,6 +32,7 @@ import numpy as np
 from instructengine.evaluate.benchmarks import PromptSet, load_benchmark
 from instructengine.evaluate.config import EvalConfig, ModelSpec, ScorerSpec
 from instructengine.generation import build_generator, png_bytes, seeds_for
+from instructengine.progress import Progress
 from instructengine.scorers.base import Scorer, ScorerContext, build_scorer, columns_of, score_columns
 from instructengine.evaluate.stats import bootstrap_mean, per_prompt_means
 from instructengine.evaluate.storage import image_relpath, json_safe
@@ -135,15 +136,17 @@ def _generate(spec: ModelSpec, ps: PromptSet, seeds: list[int], stage: StageDir,
                 "device": cfg.device, "created_at": manifest.started_at, "versions": manifest.versions,
             })
             t0 = time.perf_counter()
-            for batch in _chunks(pending, cfg.batch_size):
-                out = generator.generate([b[1] for b in batch], [b[2] for b in batch])
-                images, flags = out.images, out.flagged
-                if len(images) != len(batch):
-                    raise ValueError(f"{spec.name}: generator returned {len(images)} images for {len(batch)} prompts")
-                for j, ((pid, prompt, seed), img) in enumerate(zip(batch, images)):
-                    rel = image_relpath(pid, seed)
-                    atomic_write_bytes(folder / rel, png_bytes(img))
-                    ledger.add(f"{pid}_{seed}", prompt=prompt, path=rel, nsfw=None if flags is None else flags[j])
+            with Progress(f"generate {spec.name}", len(pending), unit="image") as bar:
+                for batch in _chunks(pending, cfg.batch_size):
+                    out = generator.generate([b[1] for b in batch], [b[2] for b in batch])
+                    images, flags = out.images, out.flagged
+                    if len(images) != len(batch):
+                        raise ValueError(f"{spec.name}: generator returned {len(images)} images for {len(batch)} prompts")
+                    for j, ((pid, prompt, seed), img) in enumerate(zip(batch, images)):
+                        rel = image_relpath(pid, seed)
+                        atomic_write_bytes(folder / rel, png_bytes(img))
+                        ledger.add(f"{pid}_{seed}", prompt=prompt, path=rel, nsfw=None if flags is None else flags[j])
+                    bar.update(len(batch))
             manifest.extra["generated_now"] = len(pending)
             manifest.extra["generation_images_per_s"] = round(len(pending) / max(time.perf_counter() - t0, 1e-9), 3)
             del generator
@@ -199,6 +202,7 @@ def _score(stage: StageDir, ps: PromptSet, cfg: EvalConfig, pool: _ScorerPool, m
     if rows:
         log(f"[{folder.parent.name}] scoring {len(rows)} images with {sorted(todo)}")
     specs = [s for s in cfg.scorers if s.label in todo]
+    bar = Progress(f"score {folder.parent.name}", len(rows), unit="image")
     for batch in _chunks(rows, cfg.score_batch_size):
         decoded: dict[tuple[int, int], Any] = {}
         with manifest.timed("decode"):
@@ -225,6 +229,8 @@ def _score(stage: StageDir, ps: PromptSet, cfg: EvalConfig, pool: _ScorerPool, m
                 meta[spec.label]["info"] = scorer.info
             for c, vals in cols.items():
                 results.setdefault(c, {}).update(zip(sel, vals.tolist()))
+        bar.update(len(batch))
+    bar.close()
 
     keep = [k for k in keys if k not in unreadable]
     table = pd.DataFrame({"prompt_index": [k[0] for k in keep], "seed": [k[1] for k in keep]})
