@@ -50,6 +50,14 @@ def set_quiet(value: bool | None) -> None:
 
 def _quiet_flag(value: bool) -> bool:
     set_quiet(True if value else None)  # not given: back to the environment (in-process CLI calls)
+    if value:
+        # the hub libraries' own bars (loading / writing weights): huggingface_hub and transformers
+        # read this at import; transformers, if imported already, is told directly
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        if "transformers" in sys.modules:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
     return value
 
 
