@@ -223,6 +223,8 @@ def test_wandb_offline(tiny_root, tmp_path, monkeypatch):
             history.setdefault(int(items["_step"]), {}).update(items)
         elif kind == "config":
             config.update({i.key: i.value_json for i in rec.config.update})
+        elif kind == "run":  # wandb may fold an early config update into the run record
+            config.update({i.key: i.value_json for i in rec.run.config.update})
     assert json.loads(config["optim.lr"]) == pytest.approx(1e-3) and json.loads(config["method"]) == "cv_dpo"
     assert sorted(history) == [1, 2]
     for step, loss in _losses(result.output_dir):

@@ -62,11 +62,13 @@ def sample_images(
     guidance_scale: float,
     resolution: int,
     autocast: Callable[[], ContextManager[Any]] = nullcontext,
+    dtype: torch.dtype | None = None,
 ) -> np.ndarray:
     """One image per (prompt, seed) pair, ``(N, H, W, 3)`` uint8.
 
     ``unet`` is a callable with the U-Net's signature (the trained one, unwrapped); the adapter's
-    frozen parts must be on its device. Uses no global random state.
+    frozen parts must be on its device. ``dtype`` is the U-Net's input dtype (None: the adapter's
+    weight dtype). Uses no global random state.
     """
     from diffusers import DDIMScheduler
 
@@ -85,13 +87,14 @@ def sample_images(
     cond = adapter.encode_text(list(prompts))
     if guided:
         cond = cat_cond([adapter.null_text(n), cond])
-    cond = {k: v.to(adapter.weight_dtype) for k, v in cond.items()}
+    dtype = dtype or adapter.weight_dtype
+    cond = {k: v.to(dtype) for k, v in cond.items()}
     micro = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]], dtype=torch.float32)
     kwargs = adapter.unet_kwargs(cond, micro.expand(len(cond["encoder_hidden_states"]), 6))
     for t in sched.timesteps:
         inp = sched.scale_model_input(torch.cat([x, x]) if guided else x, t)
         with autocast():
-            out = unet(inp.to(adapter.weight_dtype), t.expand(len(inp)).to(device), **kwargs).sample.float()
+            out = unet(inp.to(dtype), t.expand(len(inp)).to(device), **kwargs).sample.float()
         if guided:
             u, c = out.chunk(2)
             out = u + guidance_scale * (c - u)
@@ -136,8 +139,8 @@ class Validator:
             return self.cfg.at_start
         return step % self.cfg.every_n_steps == 0 or step == total_steps
 
-    def sample(self, adapter: ModelAdapter, unet: Any, autocast: Callable[[], ContextManager[Any]] = nullcontext
-               ) -> np.ndarray:
+    def sample(self, adapter: ModelAdapter, unet: Any, autocast: Callable[[], ContextManager[Any]] = nullcontext,
+               dtype: torch.dtype | None = None) -> np.ndarray:
         """The images of every (prompt, seed), row-major (prompt by prompt), in batches of ``batch_size``."""
         cfg = self.cfg
         pairs = [(p, s) for p in self.prompts for s in cfg.seeds]
@@ -146,7 +149,7 @@ class Validator:
             chunk = pairs[i:i + cfg.batch_size]
             out.append(sample_images(adapter, unet, [p for p, _ in chunk], [s for _, s in chunk],
                                      num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale,
-                                     resolution=self.resolution, autocast=autocast))
+                                     resolution=self.resolution, autocast=autocast, dtype=dtype))
         return np.concatenate(out)
 
     def save(self, step: int, images: np.ndarray) -> Path:
