@@ -264,3 +264,26 @@ def test_cli_quiet_flag(tiny_root, tmp_path, monkeypatch, capsys):
     cfg_path = tmp_path / "loud.yaml"
     assert main(["train", "run", "--config", str(cfg_path)]) == 0  # ... until a command without it
     assert not is_quiet()
+
+
+def test_bf16_cpu_run_validates_in_float32_and_trains_as_without(tiny_root, tmp_path):
+    """accelerate wraps a bf16 model's forward in autocast; on a CPU validation bypasses it (bf16
+    sampling is ~10x slower there): the step-0 grid equals a float32 sampling of the base weights."""
+    from diffusers import UNet2DConditionModel
+
+    from instructengine.train.config import ValidationConfig
+    from instructengine.train.models import load_adapter
+    from instructengine.train.validation import Validator, image_grid
+
+    common = dict(max_steps=2, mixed_precision="bf16")
+    plain = run_training(make_config(tiny_root, tmp_path / "plain", "shapes", "cv_dpo", **common))
+    cfg = make_config(tiny_root, tmp_path / "val", "shapes", "cv_dpo", validation=VALIDATION, **common)
+    tracked = run_training(cfg)
+    assert _losses(tracked.output_dir) == _losses(plain.output_dir)
+
+    adapter = load_adapter(cfg.model)
+    adapter.to("cpu", torch.bfloat16, torch.float32)  # the text encoder as the bf16 run holds it
+    unet = UNet2DConditionModel.from_pretrained(tiny_root / "shapes" / "unet").eval()
+    ref = Validator(ValidationConfig(**VALIDATION), 16, tmp_path / "ref").sample(adapter, unet, dtype=torch.float32)
+    grid = np.asarray(Image.open(tracked.output_dir / "validation" / "step-000000.png").convert("RGB"))
+    assert np.array_equal(grid, np.asarray(image_grid(ref, 2, 2)))

@@ -42,6 +42,7 @@ from collections import defaultdict
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from types import MethodType
 from typing import Any, Callable
 
 import torch
@@ -524,12 +525,15 @@ class Trainer:
         unet = self.acc.unwrap_model(self.unet)
         devices = [self.acc.device] if self.acc.device.type == "cuda" else []
         was_training = unet.training
-        # on a CPU, bf16 autocast makes sampling ~10x slower (measured); a float32 U-Net samples in float32
+        # On a CPU, bf16 autocast makes sampling ~10x slower (measured): a float32 U-Net samples in float32,
+        # through its class's forward, i.e. without the autocast wrapper accelerate's mixed precision put
+        # on the instance (unwrap_model keeps it; removing it would change the training's forward).
         plain = self.acc.device.type == "cpu" and all(p.dtype == torch.float32 for p in unet.parameters())
+        model = MethodType(type(unet).forward, unet) if plain else unet
         with self._timed("validation"), torch.random.fork_rng(devices=devices):
             unet.eval()
             try:
-                images = self.validator.sample(self.adapter, unet, nullcontext if plain else self.acc.autocast,
+                images = self.validator.sample(self.adapter, model, nullcontext if plain else self.acc.autocast,
                                                torch.float32 if plain else None)
             finally:
                 unet.train(was_training)
