@@ -214,9 +214,16 @@ def test_wandb_offline(tiny_root, tmp_path, monkeypatch):
     result = run_training(make_config(tiny_root, tmp_path, "shapes", "cv_dpo", max_steps=2, wandb=True,
                                       validation=dict(VALIDATION, every_n_steps=1, at_start=False)))
     (run_file,) = glob.glob(str(result.output_dir / "wandb" / "offline-run-*" / "run-*.wandb"))
+    import time
+
+    deadline = time.time() + 60  # wandb's service may still be writing the file when finish() returns
+    records = _wandb_records(Path(run_file))
+    while not any(r.WhichOneof("record_type") == "exit" for r in records) and time.time() < deadline:
+        time.sleep(0.5)
+        records = _wandb_records(Path(run_file))
     history: dict[int, dict[str, str]] = {}
     config: dict[str, str] = {}
-    for rec in _wandb_records(Path(run_file)):
+    for rec in records:
         kind = rec.WhichOneof("record_type")
         if kind == "history":
             items = {i.key or "/".join(i.nested_key): i.value_json for i in rec.history.item}
