@@ -17,6 +17,7 @@ from instructengine.evaluate.cli import eval_command, report_command
 from instructengine.humaneval.cli import app as review_app
 from instructengine.images.cli import app as images_app
 from instructengine.pipeline_cli import app as data_app
+from instructengine.progress import quiet_option
 from instructengine.train.cli import app as train_app
 
 app = App(
@@ -36,7 +37,8 @@ app.add_typer(review_app, name="review")
 
 @app.command()
 def run(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (MainJobConfig)"),
-        overrides: Optional[List[str]] = typer.Argument(None, help="dotted overrides key.sub=value")) -> None:
+        overrides: Optional[List[str]] = typer.Argument(None, help="dotted overrides key.sub=value"),
+        quiet: bool = quiet_option()) -> None:
     """The whole method in one run, on any bundle: data -> training of every method -> evaluation -> report -> review."""
     from instructengine.experiments.main_job import load_main_job, run_main_job
 

@@ -148,3 +148,33 @@ def test_independent_shards_then_one_merge_equal_a_single_run(tmp_path):
     assert_same_candidates(stage_artifacts(ref), stage_artifacts(run))
     with pytest.raises(ValueError, match="shard_index=2 must be < num_shards=2"):
         make_config(run, candidates={"num_shards": 2, "shard_index": 2})
+
+
+def test_progress_counts_every_call_including_failed_ones(tmp_path, monkeypatch, capsys):
+    """One line per call (interval 0) on a stream that is not a terminal, with images and failures;
+    nothing when quiet. (A call that succeeded used to skip the progress line altogether.)"""
+    from instructengine.progress import set_quiet
+
+    run = tmp_path / "run"
+    write_pairs(run, [("a small red circle", "two small red circles"), ("a purple elephant", "a small red circle"),
+                      ("a small blue square", "a large blue square")])
+    cfg = make_config(run, candidates={"n_candidates": 2, "instructions_per_call": 2})
+    monkeypatch.setenv("INSTRUCTENGINE_PROGRESS_INTERVAL", "0")
+    set_quiet(False)
+    try:
+        run_candidates(cfg)
+    finally:
+        set_quiet(None)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("candidates:")]
+    # 6 instructions in 3 calls; the second call (p0001_1, p0001_2) fails whole, then p0001_1 alone
+    assert [ln.split(" (")[0] for ln in lines] == ["candidates: 1/3", "candidates: 2/3", "candidates: 3/3",
+                                                   "candidates: 3/3"]
+    assert lines[0].endswith("images=4") and lines[1].endswith("images=6 failed=1")
+    assert "ETA" in lines[0] and " in " in lines[-1] and lines[-1].endswith("images=10 failed=1")
+    (run / "candidates" / candidate_path("p0000_1", 0)).unlink()
+    set_quiet(True)
+    try:
+        run_candidates(cfg)
+    finally:
+        set_quiet(None)
+    assert "candidates:" not in capsys.readouterr().err

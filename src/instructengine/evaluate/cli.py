@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 
 from instructengine.errors import App, run_app
+from instructengine.progress import quiet_option
 
 app = App(help="Evaluate text-to-image models on prompt sets and write Table-1 style reports.", no_args_is_help=True)
 
@@ -23,7 +24,7 @@ def _load(config: Path, overrides: Optional[List[str]]):
 
 
 @app.command("eval")
-def eval_command(config: Path = _CONFIG, overrides: Optional[List[str]] = _OVERRIDES) -> None:
+def eval_command(config: Path = _CONFIG, overrides: Optional[List[str]] = _OVERRIDES, quiet: bool = quiet_option()) -> None:
     """Generate the models' images (fixed seeds, resumable), score them, and write the report."""
     from instructengine.evaluate.report import report
     from instructengine.evaluate.runner import evaluate

@@ -37,6 +37,7 @@ from pydantic import BaseModel, Field
 
 from instructengine.evaluate.config import EvalConfig, JudgeSpec
 from instructengine.evaluate.storage import json_safe, model_dir, read_eval_folder
+from instructengine.progress import Progress
 
 __all__ = ["AGFSYNC_QUESTIONS", "QUESTIONS", "AgfsyncJudgeAnswer", "JudgeAnswer", "agfsync_order", "judge_models", "judge_pair"]
 
@@ -140,8 +141,15 @@ def _run_instructengine(cfg, spec, a, b, keys, pa, paths_a, paths_b, run_dir, dr
 
         rows: list[dict[str, Any]] = []
         async with build_client(cfg, run_dir) as client:
+            bar = Progress(f"judge {a.model} vs {b.model}", 2 * len(keys), unit="request")
 
             async def one(key: tuple[int, int], order: str) -> None:
+                try:
+                    await ask(key, order)
+                finally:
+                    bar.update(1)
+
+            async def ask(key: tuple[int, int], order: str) -> None:
                 img_a = _load_image(a.path / paths_a[key], spec.image_size)
                 img_b = _load_image(b.path / paths_b[key], spec.image_size)
                 images = [img_a, img_b] if order == "ab" else [img_b, img_a]
@@ -156,7 +164,8 @@ def _run_instructengine(cfg, spec, a, b, keys, pa, paths_a, paths_b, run_dir, dr
                     rows.append({"prompt_index": key[0], "seed": key[1], "order": order, "question": q,
                                  "answer": raw, "winner": _winner(raw, order)})
 
-            await asyncio.gather(*(one(k, o) for k in keys for o in ("ab", "ba")))
+            with bar:
+                await asyncio.gather(*(one(k, o) for k in keys for o in ("ab", "ba")))
             return rows, client.usage.snapshot(), client.describe()
 
     rows, usage, described = asyncio.run(run())
@@ -207,8 +216,15 @@ def _run_agfsync(cfg, spec, a, b, keys, pa, paths_a, paths_b, run_dir, dropped):
 
         rows: list[dict[str, Any]] = []
         async with build_client(cfg, run_dir) as client:
+            bar = Progress(f"judge {a.model} vs {b.model}", len(keys) * len(AGFSYNC_QUESTIONS), unit="request")
 
             async def one(key: tuple[int, int], q: str) -> None:
+                try:
+                    await ask(key, q)
+                finally:
+                    bar.update(1)
+
+            async def ask(key: tuple[int, int], q: str) -> None:
                 order = agfsync_order(key[0], key[1], q)
                 img_a = _load_image(a.path / paths_a[key], spec.image_size)
                 img_b = _load_image(b.path / paths_b[key], spec.image_size)
@@ -224,7 +240,8 @@ def _run_agfsync(cfg, spec, a, b, keys, pa, paths_a, paths_b, run_dir, dropped):
                 rows.append({"prompt_index": key[0], "seed": key[1], "order": order, "question": q,
                              "answer": ans.choice, "winner": winner, "reason": ans.reason})
 
-            await asyncio.gather(*(one(k, q) for k in keys for q in AGFSYNC_QUESTIONS))
+            with bar:
+                await asyncio.gather(*(one(k, q) for k in keys for q in AGFSYNC_QUESTIONS))
             return rows, client.usage.snapshot(), client.describe()
 
     rows, usage, described = asyncio.run(run())

@@ -37,6 +37,7 @@ import numpy as np
 from instructengine.evaluate.benchmarks import PromptSet, load_benchmark
 from instructengine.evaluate.config import EvalConfig, ModelSpec, ScorerSpec
 from instructengine.generation import build_generator, png_bytes, seeds_for
+from instructengine.progress import Progress
 from instructengine.scorers.base import Scorer, ScorerContext, build_scorer, columns_of, score_columns
 from instructengine.evaluate.stats import bootstrap_mean, per_prompt_means
 from instructengine.evaluate.storage import image_relpath, json_safe
@@ -207,7 +208,8 @@ def _generate(spec: ModelSpec, ps: PromptSet, seeds: list[int], stage: StageDir,
                     "device": cfg.device, "processes": procs.n, "created_at": manifest.started_at,
                     "versions": manifest.versions,
                 })
-            with Ledger(folder / _ledger_name(procs.rank)) as ledger:
+            with Ledger(folder / _ledger_name(procs.rank)) as ledger, \
+                    Progress(f"generate {spec.name}", len(mine), unit="image", disable=not procs.main) as bar:
                 for batch in _chunks(mine, cfg.batch_size):
                     out = generator.generate([b[1] for b in batch], [b[2] for b in batch])
                     images, flags = out.images, out.flagged
@@ -217,6 +219,7 @@ def _generate(spec: ModelSpec, ps: PromptSet, seeds: list[int], stage: StageDir,
                         rel = image_relpath(pid, seed)
                         atomic_write_bytes(folder / rel, png_bytes(img))
                         ledger.add(f"{pid}_{seed}", prompt=prompt, path=rel, nsfw=None if flags is None else flags[j])
+                    bar.update(len(batch))
             del generator
             gc.collect()
         procs.wait()
@@ -292,7 +295,7 @@ def _score(stage: StageDir, ps: PromptSet, cfg: EvalConfig, pool: _ScorerPool, m
     if rows:
         log(f"[{folder.parent.name}] scoring {len(rows)} images with {sorted(todo)}"
             + (f" on {procs.n} processes" if procs.n > 1 else ""))
-    part = _score_rows(procs.mine(rows), folder, path_of, todo, prompt_of, cfg, pool, manifest)
+    part = _score_rows(procs.mine(rows), folder, path_of, todo, prompt_of, cfg, pool, manifest, show=procs.main)
     parts = procs.gather(part)
     if not procs.main:
         return
@@ -373,7 +376,7 @@ def _score_plan(folder: Path, cfg: EvalConfig) -> tuple[Any, ...]:
 
 
 def _score_rows(rows: list[tuple[int, int]], folder: Path, path_of: dict, todo: dict[str, set], prompt_of: dict,
-                cfg: EvalConfig, pool: _ScorerPool, manifest: Manifest) -> dict[str, Any]:
+                cfg: EvalConfig, pool: _ScorerPool, manifest: Manifest, show: bool = True) -> dict[str, Any]:
     """Score this process's rows: each image decoded once per batch for every scorer that needs it."""
     from PIL import Image
 
@@ -383,6 +386,7 @@ def _score_rows(rows: list[tuple[int, int]], folder: Path, path_of: dict, todo: 
     failures: Counter = Counter()
     timings: dict[str, float] = {}
     specs = [s for s in cfg.scorers if s.label in todo]
+    bar = Progress(f"score {folder.parent.name}", len(rows), unit="image", disable=not show)
     for batch in _chunks(rows, cfg.score_batch_size):
         decoded: dict[tuple[int, int], Any] = {}
         t0 = time.perf_counter()
@@ -409,6 +413,8 @@ def _score_rows(rows: list[tuple[int, int]], folder: Path, path_of: dict, todo: 
                 meta[spec.label]["info"] = scorer.info
             for c, vals in cols.items():
                 results.setdefault(c, {}).update(zip(sel, vals.tolist()))
+        bar.update(len(batch))
+    bar.close()
     return {"results": results, "unreadable": unreadable, "meta": meta, "failures": dict(failures), "timings": timings}
 
 

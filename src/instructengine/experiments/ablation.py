@@ -496,6 +496,10 @@ def run_ablation(cfg: AblationConfig) -> Path:
     timings: dict[str, float] = {}
     selection_log: list[dict[str, Any]] = []
     chosen: dict[str, list[str]] = {}
+    from instructengine.progress import Progress
+
+    # one unit per test model: a base arm once, a trained arm once per seed (its selection runs inside)
+    bar = Progress(f"ablation {cfg.name}", sum(1 if a.method is None else len(cfg.seeds) for a in cfg.arms), unit="run")
     for arm in cfg.arms:
         if arm.method is None:
             from instructengine.train.config import TrainConfig
@@ -508,6 +512,7 @@ def run_ablation(cfg: AblationConfig) -> Path:
                 metric = cfg.selection.metric
                 selection_log.append({"arm": arm.name, "grid": None, "overrides": [], "steps": 0,
                                       metric: float(val[metric].mean()), "binary": _binary(val[metric]), "train_s": 0.0})
+            bar.update(1, arm=arm.name)
             continue
         extra = _select(cfg, arm, root, selection_log) if cfg.selection else []
         chosen[arm.name] = extra
@@ -518,6 +523,8 @@ def run_ablation(cfg: AblationConfig) -> Path:
                                               cfg.test_seeds)
             timings[f"{arm.name}-seed{seed}"] = round(seconds, 1)
             scores[arm.name].append(df)
+            bar.update(1, arm=f"{arm.name}-seed{seed}")
+    bar.close()
     summary = summarize_arms(scores, cfg.base_arm, cfg.metrics, cfg.bootstrap)
     wall = time.perf_counter() - t_start
     main_metric = cfg.main_metric or next(iter(next(iter(summary.values()))))

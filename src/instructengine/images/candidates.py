@@ -168,7 +168,8 @@ def run_candidates(
         if mine:
             if generator is None:
                 generator = _build_for_process(cfg, state)
-            generated, seconds = _generate_calls(stage, generator, mine, ccfg, _worker_name(ccfg, state), log)
+            label = "candidates" if state.num_processes == 1 else f"candidates {_worker_name(ccfg, state)}"
+            generated, seconds = _generate_calls(stage, generator, mine, ccfg, _worker_name(ccfg, state), log, label)
     atomic_write_json(
         stage.path(f"run-{_worker_name(ccfg, state)}.json"),
         {"world_size": state.num_processes, "generated": generated, "seconds": round(seconds, 3)},
@@ -202,44 +203,50 @@ def _missing(stage: StageDir, ins: Instruction, n: int) -> bool:
 
 
 def _generate_calls(
-    stage: StageDir, generator: Any, calls: list[list[Instruction]], ccfg: Any, worker: str, log: Callable[[str], None]
+    stage: StageDir, generator: Any, calls: list[list[Instruction]], ccfg: Any, worker: str, log: Callable[[str], None],
+    label: str = "candidates",
 ) -> tuple[int, float]:
     """Generate each call's images (all N of each of its instructions, so the batch is the same as
     in any other run) and write those still missing; a failing call is redone one instruction at a
-    time to find and record the failing ones. Returns (images written, seconds)."""
+    time to find and record the failing ones. Progress (:mod:`instructengine.progress`) counts
+    calls, images written and instructions failed. Returns (images written, seconds)."""
+    from instructengine.progress import Progress
+
     n = ccfg.n_candidates
     failures = Ledger(stage.path(f"failures-{worker}.jsonl"))
     written = 0
+    failed = 0
     streak = 0  # failed instructions before the first success
     succeeded = False
     t0 = time.perf_counter()
     try:
-        for c, call in enumerate(calls):
-            try:
-                written += _generate_jobs(stage, generator, [(ins, k) for ins in call for k in range(n)], ccfg.seed)
-                succeeded = True
-                continue
-            except Exception as err:  # noqa: BLE001 - one bad item must not end the stage; see below
-                last = err
-                if len(call) == 1:
-                    _record_failure(failures, call[0], err)
-                    streak += 1
-                else:
-                    for ins in call:
-                        try:
-                            written += _generate_jobs(stage, generator, [(ins, k) for k in range(n)], ccfg.seed)
-                            succeeded = True
-                        except Exception as err_one:  # noqa: BLE001
-                            _record_failure(failures, ins, err_one)
-                            streak += 1
-                            last = err_one
-                if not succeeded and streak >= ccfg.abort_after_failures:
-                    raise RuntimeError(
-                        f"the generator failed on the first {streak} instructions of this process "
-                        f"(last: {type(last).__name__}: {last}); it is probably misconfigured"
-                    ) from last
-            if (c + 1) % 20 == 0:
-                log(f"[candidates] {worker}: {c + 1}/{len(calls)} calls, {written} images written")
+        with Progress(label, len(calls), unit="call") as bar:
+            for call in calls:
+                try:
+                    written += _generate_jobs(stage, generator, [(ins, k) for ins in call for k in range(n)], ccfg.seed)
+                    succeeded = True
+                except Exception as err:  # noqa: BLE001 - one bad item must not end the stage; see below
+                    last = err
+                    if len(call) == 1:
+                        _record_failure(failures, call[0], err)
+                        streak += 1
+                        failed += 1
+                    else:
+                        for ins in call:
+                            try:
+                                written += _generate_jobs(stage, generator, [(ins, k) for k in range(n)], ccfg.seed)
+                                succeeded = True
+                            except Exception as err_one:  # noqa: BLE001
+                                _record_failure(failures, ins, err_one)
+                                streak += 1
+                                failed += 1
+                                last = err_one
+                    if not succeeded and streak >= ccfg.abort_after_failures:
+                        raise RuntimeError(
+                            f"the generator failed on the first {streak} instructions of this process "
+                            f"(last: {type(last).__name__}: {last}); it is probably misconfigured"
+                        ) from last
+                bar.update(1, images=written, **({"failed": failed} if failed else {}))
     finally:
         failures.close()
     return written, time.perf_counter() - t0

@@ -206,14 +206,20 @@ async def run_judge_async(
     log(f"[judge] {len(selected)} selected images, {len(todo)} to judge ({judge.fingerprint})")
     root = Path(cfg.run_dir) / "candidates"
     size = cfg.judge.chunk_size
+    from instructengine.progress import Progress
+
+    kept = dropped = 0
     try:
-        with manifest.timed("judging"):
+        with manifest.timed("judging"), Progress("judge", len(todo), unit="image") as bar:
             for start in range(0, len(todo), size):
                 chunk = todo[start : start + size]
                 out = await judge.judge_many([(root / r.image, r.prompt) for r in chunk])
                 got = {r.instruction_id: v for r, v in zip(chunk, out)}
                 ledger.add(f"chunk:{chunk[0].instruction_id}", verdicts={k: [v.keep, v.reason, v.detail] for k, v in got.items()})
                 verdicts.update(got)
+                kept += sum(v.keep for v in out)
+                dropped += sum(not v.keep for v in out)
+                bar.update(len(chunk), kept=kept, dropped=dropped)
     finally:
         ledger.close()
         if client is not None:

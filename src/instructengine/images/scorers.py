@@ -85,18 +85,21 @@ def score_candidates(
     computed = 0
     try:
         if len(todo):
+            from instructengine.progress import Progress
+
             scorer = scorer if scorer is not None else build_image_scorer(spec, run_dir)
             root = run_dir / "candidates"
-            for chunk in _chunks_by_instruction(todo, spec.batch_size):
-                images = [load_rgb(root / rel) for rel in chunk["image"]]
-                values = _score_column(scorer, spec, images, list(chunk["prompt"]))
-                chunk_ids = list(chunk["candidate_id"])
-                clean = [None if not np.isfinite(v) else float(v) for v in values]
-                ledger.add(f"chunk:{chunk_ids[0]}", ids=chunk_ids, scores=clean)
-                known.update(zip(chunk_ids, (math.nan if v is None else v for v in clean)))
-                computed += len(chunk_ids)
-                if computed % (spec.batch_size * 50) < len(chunk_ids):
-                    log(f"[scores] {spec.label}: {computed}/{len(todo)} images")
+            log(f"[scores] {spec.label}: {len(todo)} images to score, {cached} cached")
+            with Progress(f"scores {spec.label}", len(todo), unit="image") as bar:
+                for chunk in _chunks_by_instruction(todo, spec.batch_size):
+                    images = [load_rgb(root / rel) for rel in chunk["image"]]
+                    values = _score_column(scorer, spec, images, list(chunk["prompt"]))
+                    chunk_ids = list(chunk["candidate_id"])
+                    clean = [None if not np.isfinite(v) else float(v) for v in values]
+                    ledger.add(f"chunk:{chunk_ids[0]}", ids=chunk_ids, scores=clean)
+                    known.update(zip(chunk_ids, (math.nan if v is None else v for v in clean)))
+                    computed += len(chunk_ids)
+                    bar.update(len(chunk_ids))
     finally:
         ledger.close()
     return np.array([known[cid] for cid in ids], dtype=np.float64), {"cached": cached, "computed": computed}

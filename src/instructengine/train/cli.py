@@ -11,12 +11,14 @@ from typing import Optional
 import typer
 
 from instructengine.errors import App, UsageError, run_app
+from instructengine.progress import quiet_option
 
 app = App(help="Alignment training: cross-validation DPO and baselines; ablations on any bundle.",
                   no_args_is_help=True)
 
 _CONFIG = typer.Option(None, "--config", "-c", help="YAML config (configs/train_sd15.yaml, ...)")
 _OVERRIDES = typer.Argument(None, help="dotted overrides, e.g. optim.lr=5e-6 method=diffusion_dpo")
+_QUIET = quiet_option()
 
 
 class _BadOption(UsageError, ValueError):
@@ -24,7 +26,7 @@ class _BadOption(UsageError, ValueError):
 
 
 @app.command("run")
-def run(config: Optional[Path] = _CONFIG, overrides: Optional[list[str]] = _OVERRIDES) -> None:
+def run(config: Optional[Path] = _CONFIG, overrides: Optional[list[str]] = _OVERRIDES, quiet: bool = _QUIET) -> None:
     """Train one method (resumes from the newest checkpoint; skips a run already complete)."""
     from instructengine.config import load_config
     from instructengine.train.config import TrainConfig
@@ -81,7 +83,7 @@ def methods() -> None:
 
 
 @app.command()
-def ablation(config: Optional[Path] = _CONFIG, overrides: Optional[list[str]] = _OVERRIDES) -> None:
+def ablation(config: Optional[Path] = _CONFIG, overrides: Optional[list[str]] = _OVERRIDES, quiet: bool = _QUIET) -> None:
     """Train and evaluate every arm x seed of an ablation and write its table (resumable)."""
     import logging
 
@@ -102,7 +104,7 @@ def ablation(config: Optional[Path] = _CONFIG, overrides: Optional[list[str]] = 
 @app.command()
 def demo(out: Path = typer.Option(Path("runs/train-demo"), help="output folder"),
          kind: str = typer.Option("sd15", help="tiny model kind: sd15, sdxl or one a bundle registers"),
-         method: str = typer.Option("cv_dpo", help="training method")) -> None:
+         method: str = typer.Option("cv_dpo", help="training method"), quiet: bool = _QUIET) -> None:
     """CPU toy run: build a tiny random model and dataset, train 2 steps, print the metrics."""
     from instructengine.train.config import TrainConfig
     from instructengine.train.tiny import save_model, tiny_clip_model, tiny_components, write_candidates, write_samples

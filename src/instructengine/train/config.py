@@ -25,6 +25,7 @@ __all__ = [
     "OptimConfig",
     "ReflConfig",
     "TrainConfig",
+    "ValidationConfig",
 ]
 
 
@@ -338,6 +339,41 @@ class ModelCardConfig(Config):
     )
 
 
+class ValidationConfig(Config):
+    """Validation images during training (the diffusers training scripts' ``log_validation``): fixed prompts and
+    seeds sampled from the model being trained every N steps, saved as PNG grids and logged to the trackers.
+
+    Sampling goes through the model adapter (DDIM over the adapter's noise schedule, classifier-free guidance
+    with its unconditional text), so it works for every model kind; it draws from its own seeded generators
+    and restores the global random state, so training numerics (and exact resume) are unchanged."""
+
+    prompts: list[str] = Field(default_factory=list, description="fixed validation prompts (one grid row each)")
+    prompt_set: str | None = Field(
+        None,
+        description="a held-out prompt set whose first `max_prompts` prompts follow `prompts`: a `validation_prompts` "
+        "registry name (one a bundle registers, e.g. ShapesWorld's held-out ShapesBench) or a prompt file "
+        "(.txt, .csv, .jsonl, ... as the evaluation harness reads them)",
+    )
+    max_prompts: int = Field(4, ge=1, description="prompts taken from `prompt_set`")
+    seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1,
+                             description="one image per prompt and seed (one grid column each); the same at every step")
+    every_n_steps: int = Field(100, ge=1, description="sample every N optimizer steps (and at the last step)")
+    at_start: bool = Field(True, description="also sample before the first step (the base model), for comparison")
+    num_inference_steps: int = Field(20, ge=1, description="DDIM steps per image")
+    guidance_scale: float = Field(5.0, ge=1.0, description="classifier-free guidance scale (1: none)")
+    resolution: int | None = Field(None, ge=8, description="image side in pixels (None: data.resolution)")
+    batch_size: int = Field(8, ge=1, description="images per U-Net batch while sampling")
+
+    @model_validator(mode="after")
+    def _has_prompts(self) -> "ValidationConfig":
+        if not self.prompts and not self.prompt_set:
+            raise ValueError("validation needs `prompts` (a list) or `prompt_set` (a validation_prompts name or a "
+                             "prompt file); or set validation: null to turn it off")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"validation.seeds {self.seeds} contain duplicates")
+        return self
+
+
 class TrainConfig(Config):
     """One alignment training run: method, model, data, optimisation, checkpoints, logging."""
 
@@ -391,7 +427,18 @@ class TrainConfig(Config):
         "cores avoids OpenMP spin-waiting"
     )
     log_every_n_steps: int = Field(1, ge=1, description="write metrics every N optimizer steps")
-    tensorboard: bool = Field(True, description="also log to tensorboard when it is installed (skipped otherwise)")
+    tensorboard: bool = Field(
+        True, description="also log metrics, validation images and the resolved config (hparams) to "
+        "<output>/tensorboard through accelerate's TensorBoard tracker (skipped with a warning if not installed)"
+    )
+    wandb: bool = Field(
+        False, description="also log them to Weights & Biases through accelerate's tracker (needs `pip install "
+        "wandb`; files under <output>/wandb; WANDB_MODE=offline logs without a network)"
+    )
+    tracker_project: str = Field("instructengine", description="project name of the wandb run (its run name is `name`)")
+    validation: ValidationConfig | None = Field(
+        None, description="validation images every N steps (null: none); see ValidationConfig"
+    )
     save_dtype: Literal["float32", "float16", "bfloat16"] = Field(
         "float32", description="dtype of the saved U-Net / LoRA weights"
     )

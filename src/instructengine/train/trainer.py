@@ -9,15 +9,25 @@ Outputs in ``<run_dir>/train/<name>/``:
 
 * ``final/unet/`` (full fine-tuning; diffusers format, ``UNet2DConditionModel.from_pretrained``) or
   ``final/pytorch_lora_weights.safetensors`` (LoRA; ``pipeline.load_lora_weights(final_dir)``);
-* ``metrics.jsonl`` (one JSON line per logged step), ``tensorboard/`` when tensorboard is installed;
+* ``metrics.jsonl`` (one JSON line per logged step, the record of the run);
+* the trackers, through accelerate (``Accelerator(log_with=...)``, ``init_trackers``,
+  ``accelerator.log``): ``tensorboard/`` (``tensorboard: true``, the default) and ``wandb/``
+  (``wandb: true``) get the same scalars under ``train/<name>``, the validation images and the
+  resolved config as hyper-parameters;
+* ``validation/step-<step>.png`` (``validation:`` set): a grid of fixed prompts x seeds sampled from
+  the model being trained, and ``validation/prompts.json`` (:mod:`instructengine.train.validation`);
 * ``checkpoints/checkpoint-<step>/`` (trainable weights, optimizer, lr scheduler, RNG states of
   python/numpy/torch and of the trainer's generator, data position), the newest ``keep_last``;
 * ``config.yaml`` (resolved) and ``manifest.json`` (items read/used/dropped by reason, timings).
 
 Resume (``checkpoint.resume: auto``): the newest complete checkpoint is loaded and training
 continues with the exact micro-batch, noise and timesteps an uninterrupted run would have used;
-``metrics.jsonl`` lines after the checkpoint are discarded. A run whose manifest is complete with
-the same config is not trained again.
+``metrics.jsonl`` lines after the checkpoint are discarded (and tensorboard events after it purged).
+Trackers, progress and validation images never touch the training's random state. A run whose
+manifest is complete with the same config is not trained again.
+
+Progress (:mod:`instructengine.progress`): one bar or periodic line per run with the step count,
+loss, implicit accuracy (preference methods) or reward (ReFL), steps per second and ETA.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ from collections import defaultdict
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from types import MethodType
 from typing import Any, Callable
 
 import torch
@@ -50,7 +61,8 @@ log = logging.getLogger(__name__)
 _DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
            "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 #: config fields that may change between a run and its resumption
-_RESUME_FREE = ("checkpoint", "log_every_n_steps", "tensorboard", "max_steps", "epochs", "device", "threads")
+_RESUME_FREE = ("checkpoint", "log_every_n_steps", "tensorboard", "wandb", "tracker_project", "validation", "max_steps",
+                "epochs", "device", "threads")
 _COMPLETE = "COMPLETE"
 
 
@@ -109,7 +121,7 @@ class Trainer:
         self.stage = StageDir(cfg.run_dir, f"train/{cfg.output_name}")
         self.metrics_path = self.stage.path("metrics.jsonl")
         self.final_dir = self.stage.path("final")
-        self._tb = None
+        self.validator = None
 
     # ------------------------------------------------------------------------------------------
     # setup
@@ -121,16 +133,19 @@ class Trainer:
         cfg = self.cfg
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cfg.device == "cpu")
+        trackers, notes = self._make_trackers()
+        self.acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cfg.device == "cpu", log_with=trackers or None)
         set_seed(cfg.seed)  # LoRA initialisation and any dropout draw from the global generators
         self.manifest = self.stage.new_manifest(cfg) if self.acc.is_main_process else None
+        if self.manifest is not None:
+            self.manifest.extra.update(notes)
         with self._timed("setup"):
             self._setup_model()
             self._setup_data()
             self._setup_optimizer()
-            self._setup_logging()
             self.step_fn = self._build_step()
             self._maybe_resume()
+            self._setup_logging()
 
     def _timed(self, name: str):
         return self.manifest.timed(name) if self.manifest is not None else nullcontext()
@@ -269,17 +284,49 @@ class Trainer:
         acc.register_save_state_pre_hook(self._save_hook)
         acc.register_load_state_pre_hook(self._load_hook)
 
+    def _make_trackers(self) -> tuple[list[Any], dict[str, str]]:
+        """accelerate tracker objects for ``tensorboard`` / ``wandb`` (started in :meth:`_setup_logging`).
+
+        Raises:
+            ValueError: ``wandb: true`` without the wandb package.
+        """
+        from accelerate.tracking import TensorBoardTracker, WandBTracker
+
+        cfg = self.cfg
+        trackers: list[Any] = []
+        notes: dict[str, str] = {}
+        if cfg.tensorboard:
+            try:
+                import tensorboard  # noqa: F401
+            except ImportError:
+                log.warning("tensorboard is not installed; metrics go to metrics.jsonl only")
+                notes["tensorboard"] = "skipped: tensorboard not installed"
+            else:
+                # <output>/tensorboard: accelerate writes to <logging_dir>/<run_name>
+                trackers.append(TensorBoardTracker("tensorboard", str(self.stage.root)))
+        if cfg.wandb:
+            try:
+                import wandb  # noqa: F401
+            except ImportError:
+                raise ValueError("wandb: true needs the wandb package (pip install wandb, or pip install "
+                                 "'instructengine[wandb]'); or set wandb: false") from None
+            trackers.append(WandBTracker(cfg.tracker_project, name=cfg.output_name, dir=str(self.stage.root)))
+        return trackers, notes
+
     def _setup_logging(self) -> None:
-        if not (self.acc.is_main_process and self.cfg.tensorboard):
+        """Start the trackers with the resolved config as hyper-parameters, and the validator."""
+        acc, cfg = self.acc, self.cfg
+        if acc.is_main_process and cfg.validation is not None:
+            from instructengine.train.validation import Validator
+
+            self.validator = Validator(cfg.validation, cfg.data.resolution, self.stage.path("validation"))
+        if not acc.log_with:
             return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            log.warning("tensorboard is not installed; metrics go to metrics.jsonl only")
-            if self.manifest is not None:
-                self.manifest.extra["tensorboard"] = "skipped: tensorboard not installed"
-            return
-        self._tb = SummaryWriter(str(self.stage.path("tensorboard")))
+        for tracker in acc.log_with:
+            if getattr(tracker, "name", None) == "tensorboard" and self.progress.step:
+                # events of the run before the crash that lie after the checkpoint are dropped
+                tracker.init_kwargs["purge_step"] = self.progress.step + 1
+        acc.init_trackers(cfg.tracker_project, config=flat_hparams(cfg.model_dump(mode="json")))
 
     # --- checkpoint hooks: only trainable tensors are saved (LoRA: adapters only) -------------
     def _trainable_state(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -415,9 +462,15 @@ class Trainer:
         )
 
     def train(self) -> None:
+        from instructengine.progress import Progress
+
         acc, cfg = self.acc, self.cfg
+        if self.progress.step == 0:
+            self._validate(0)  # the base model, before the bar starts counting
         t_start = time.perf_counter()
-        with self._timed("train"):
+        bar = Progress(f"train {cfg.output_name}", self.total_steps, unit="step", initial=self.progress.step,
+                       disable=not acc.is_main_process)
+        with self._timed("train"), bar:
             while self.progress.step < self.total_steps:
                 t0 = time.perf_counter()
                 sums: dict[str, float] = defaultdict(float)
@@ -445,6 +498,8 @@ class Trainer:
                 step = self.progress.step
                 if step % cfg.log_every_n_steps == 0 or step == self.total_steps:
                     self._log(step, sums, grad_norm, lr, time.perf_counter() - t0, time.perf_counter() - t_start)
+                bar.update(1, **_bar_stats(sums))
+                self._validate(step)
                 last = step == self.total_steps
                 if (step % cfg.checkpoint.every_n_steps == 0 and not last) or (last and cfg.checkpoint.at_end):
                     self.save_checkpoint()
@@ -462,10 +517,34 @@ class Trainer:
             return
         with open(self.metrics_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
-        if self._tb is not None:
-            for k, v in row.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    self._tb.add_scalar(f"train/{k}", v, step)
+        if self.acc.trackers:
+            self.acc.log({f"train/{k}": v for k, v in row.items() if k != "step" and isinstance(v, (int, float))},
+                         step=step)
+
+    def _validate(self, step: int) -> None:
+        """Validation images at ``step`` if due (main process): sampled with the global random state
+        saved and restored and the U-Net in eval mode, so training continues exactly as without."""
+        if self.validator is None or not self.validator.due(step, self.total_steps):
+            return
+        unet = self.acc.unwrap_model(self.unet)
+        devices = [self.acc.device] if self.acc.device.type == "cuda" else []
+        was_training = unet.training
+        # On a CPU, bf16 autocast makes sampling ~10x slower (measured): a float32 U-Net samples in float32,
+        # through its class's forward, i.e. without the autocast wrapper accelerate's mixed precision put
+        # on the instance (unwrap_model keeps it; removing it would change the training's forward).
+        plain = self.acc.device.type == "cpu" and all(p.dtype == torch.float32 for p in unet.parameters())
+        model = MethodType(type(unet).forward, unet) if plain else unet
+        with self._timed("validation"), torch.random.fork_rng(devices=devices):
+            unet.eval()
+            try:
+                images = self.validator.sample(self.adapter, model, nullcontext if plain else self.acc.autocast,
+                                               torch.float32 if plain else None)
+            finally:
+                unet.train(was_training)
+        path = self.validator.save(step, images)
+        self.validator.log(self.acc.trackers, step, images)
+        if self.manifest is not None:
+            self.manifest.outputs["validation"] = str(path.parent)
 
     def save_checkpoint(self) -> Path:
         """Write ``checkpoints/checkpoint-<step>`` and delete all but the newest ``keep_last``."""
@@ -526,9 +605,6 @@ class Trainer:
         return final
 
     def cleanup(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
         if hasattr(self, "acc"):
             from accelerate.state import AcceleratorState, GradientState
 
@@ -544,6 +620,32 @@ class Trainer:
         for name in ("unet", "reference_unet", "adapter", "encoder", "optimizer"):
             if hasattr(self, name):
                 setattr(self, name, None)
+
+
+def _bar_stats(sums: dict[str, float]) -> dict[str, float]:
+    """What the progress bar shows of a step: loss, implicit accuracy (mean over the loss's triples), reward."""
+    stats = {"loss": sums["loss"]}
+    accs = [v for k, v in sums.items() if k.startswith("implicit_acc")]
+    if accs:
+        stats["acc"] = sum(accs) / len(accs)
+    if "reward" in sums:
+        stats["reward"] = sums["reward"]
+    return stats
+
+
+def flat_hparams(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config as ``{"optim.lr": 1e-05, ...}`` of str/int/float/bool (trackers' hparams);
+    lists and nulls become their JSON text."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flat_hparams(value, name + "."))
+        elif isinstance(value, (bool, int, float, str)):
+            out[name] = value
+        else:
+            out[name] = json.dumps(value)
+    return out
 
 
 def run_training(cfg: TrainConfig) -> TrainResult:
