@@ -69,6 +69,7 @@ class Arm(Config):
     name: str = Field(..., description="row label and output folder name")
     method: str | None = Field(..., description="training method (see `instructengine train methods`); null: the base model")
     overrides: list[str] = Field(default_factory=list, description="dotted overrides of the shared `train` config for this arm")
+    data: str | None = Field(None, description="what the arm trains on, shown in the table's `data` column (a label only)")
 
 
 class Evaluation(Config):
@@ -313,11 +314,13 @@ def _fmt(entry: dict[str, Any] | None, key: str = "mean", ci: str | None = "ci95
 
 def format_table(summary: dict[str, dict[str, Any]], arms: list[Arm], base_arm: str, main_metric: str) -> str:
     metrics = [m for m in next(iter(summary.values())) if m != main_metric]
-    head = ["arm", "method", f"{main_metric} (95% CI)", f"diff vs {base_arm} (95% CI)", *metrics]
+    with_data = any(a.data for a in arms)
+    head = ["arm", "method", *(["data"] if with_data else []), f"{main_metric} (95% CI)",
+            f"diff vs {base_arm} (95% CI)", *metrics]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for arm in arms:
         s = summary.get(arm.name, {})
-        row = [arm.name, arm.method or "-", _fmt(s.get(main_metric)),
+        row = [arm.name, arm.method or "-", *([arm.data or "-"] if with_data else []), _fmt(s.get(main_metric)),
                _fmt(s.get(main_metric), "diff", "diff_ci95") if arm.name != base_arm else "-"]
         row += [_fmt(s.get(m), ci=None) for m in metrics]
         lines.append("| " + " | ".join(row) + " |")

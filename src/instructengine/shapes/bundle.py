@@ -18,6 +18,7 @@ model                  shapes                 the training adapter (pixel-space 
 tiny_model             shapes                 a tiny random-weight ShapesWorld-like model
 instruction_backend    shapes_rules           the rule-based instruction backend
 embedder               shapes_clip            the contrastive model's text tower
+data_builder           shapes_foreign_pickapic  the world's Pick-a-Pic v2: foreign captions, reward-preferred pairs
 cli                    shapes                 ``instructengine shapes render|judge|pretrain|...``
 =====================  =====================  ===============================================
 """
@@ -43,6 +44,7 @@ COMPONENTS: dict[str, dict[str, str]] = {
     "tiny_model": {"shapes": "instructengine.shapes.tiny:tiny_shapes_components"},
     "instruction_backend": {"shapes_rules": "instructengine.shapes.instructions:ShapesRuleBackend"},
     "embedder": {"shapes_clip": "instructengine.shapes.contrastive:ShapesClipScorer"},
+    "data_builder": {"shapes_foreign_pickapic": "instructengine.shapes.foreign:write_foreign_pickapic"},
     "cli": {"shapes": "instructengine.shapes.cli:app"},
 }
 
