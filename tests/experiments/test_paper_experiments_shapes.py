@@ -97,8 +97,9 @@ def test_table1_runner_end_to_end_on_the_shipped_config(tmp_path):
     cfg["run_dir"] = str(run)
     cfg["seeds"] = [0, 1]
     steps = {s["name"]: s for s in cfg["prepare"]}
+    shipped = [o for o in steps["ours"]["options"]["overrides"] if not o.startswith(("run_dir=", "candidates."))]
     steps["ours"]["options"]["overrides"] = [f"run_dir={run}", "candidates.max_pairs=12", "candidates.n_candidates=2",
-                                             *steps["ours"]["options"]["overrides"][1:]]
+                                             *shipped]
     steps["foreign"]["options"].update(out_dir=str(run / "foreign"), n_captions=10)
     steps["foreign_bw"]["options"]["overrides"] = [
         f"run_dir={run / 'foreign_bw'}", "candidates.n_candidates=3",
@@ -117,7 +118,7 @@ def test_table1_runner_end_to_end_on_the_shipped_config(tmp_path):
     table = (root / "table.md").read_text()
     summary = json.loads((root / "summary.json").read_text())
     arms = [a["name"] for a in cfg["arms"]]
-    assert arms == ["base", "refl", "diffusion_dpo_foreign", "reward_bw_foreign", "reward_bw_ours", "cv_dpo_anchor"]
+    assert arms == ["base", "cv_dpo_anchor", "diffusion_dpo_foreign", "reward_bw_ours", "reward_bw_foreign", "refl"]
     rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| arm")]
     assert [r.split(" | ")[0][2:] for r in rows] == arms
     for arm in arms:
@@ -207,7 +208,7 @@ def test_data_efficiency_runner_subsets_table_and_figure(tmp_path):
     # every point trained on exactly its subset for one epoch (batch 2)
     for n in (6, 12, 24):
         m = json.loads((root / "train" / f"ours-n{n}-seed0" / "manifest.json").read_text())
-        assert m["count_out"] == n and m["extra"]["steps"] == n // 2
+        assert m["counts"]["out"] == n and m["extra"]["steps"] == n // 2
     foreign = subsets["foreign"]
     assert foreign["items"] <= 16 and list(foreign["sizes"])[-1] == str(foreign["items"])
     f6 = set(foreign["sizes"]["6"]["indices"])
