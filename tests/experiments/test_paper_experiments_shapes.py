@@ -119,7 +119,8 @@ def test_table1_runner_end_to_end_on_the_shipped_config(tmp_path):
     summary = json.loads((root / "summary.json").read_text())
     arms = [a["name"] for a in cfg["arms"]]
     assert arms == ["base", "cv_dpo_anchor", "diffusion_dpo_foreign", "reward_bw_ours", "reward_bw_foreign", "refl"]
-    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| arm")]
+    main_table = table.split("\n\n")[0]  # the arms' table; the data preparation table follows
+    rows = [line for line in main_table.splitlines() if line.startswith("| ") and not line.startswith("| arm")]
     assert [r.split(" | ")[0][2:] for r in rows] == arms
     for arm in arms:
         s = summary["summary"][arm]["exact"]
