@@ -3,24 +3,24 @@
 Loaded through the ``instructengine.bundles`` entry point (``pyproject.toml``), so no library module
 imports ShapesWorld; configs name its parts by these names:
 
-=====================  =====================  ===============================================
-registry kind          name                   what
-=====================  =====================  ===============================================
-generator              shapes_model           the tiny diffusion model (:mod:`.generators`)
-generator              shapes_render          the (imperfect) renderer (:mod:`.generators`)
-judge                  shapes_oracle          the exact oracle as the data pipeline's judge
-scorer                 shapes_oracle          exact match, per attribute, share (:mod:`.scorers`)
-scorer                 shapes_clip            the tiny contrastive model's cosine
-scorer                 shapes_aesthetic       palette/cleanliness in [0, 1]
-benchmark              shapesbench            200 held-out prompts in 6 categories
-validation_prompts     shapesbench-val        ShapesBench's generator, another seed, test removed
-model                  shapes                 the training adapter (pixel-space U-Net)
-tiny_model             shapes                 a tiny random-weight ShapesWorld-like model
-instruction_backend    shapes_rules           the rule-based instruction backend
-embedder               shapes_clip            the contrastive model's text tower
+=====================  =======================  ===============================================
+registry kind          name                     what
+=====================  =======================  ===============================================
+generator              shapes_model             the tiny diffusion model (:mod:`.generators`)
+generator              shapes_render            the (imperfect) renderer (:mod:`.generators`)
+judge                  shapes_oracle            the exact oracle as the data pipeline's judge
+scorer                 shapes_oracle            exact match, per attribute, share (:mod:`.scorers`)
+scorer                 shapes_clip              the tiny contrastive model's cosine
+scorer                 shapes_aesthetic         palette/cleanliness in [0, 1]
+benchmark              shapesbench              200 held-out prompts in 6 categories
+validation_prompts     shapesbench-val          ShapesBench's generator, another seed, test removed
+model                  shapes                   the training adapter (pixel-space U-Net)
+tiny_model             shapes                   a tiny random-weight ShapesWorld-like model
+instruction_backend    shapes_rules             the rule-based instruction backend
+embedder               shapes_clip              the contrastive model's text tower
 data_builder           shapes_foreign_pickapic  the world's Pick-a-Pic v2: foreign captions, reward-preferred pairs
-cli                    shapes                 ``instructengine shapes render|judge|pretrain|...``
-=====================  =====================  ===============================================
+cli                    shapes                   ``instructengine shapes render|judge|pretrain|...``
+=====================  =======================  ===============================================
 """
 
 from __future__ import annotations
