@@ -180,7 +180,7 @@ def test_data_efficiency_runner_subsets_table_and_figure(tmp_path):
     samples, strata = _samples(tmp_path / "ours")
     cfg = yaml.safe_load((CONFIGS / "data_efficiency_shapes.yaml").read_text())
     run = tmp_path / "run"
-    cfg.update(run_dir=str(run), sizes=[6, 12], seeds=[0])
+    cfg.update(run_dir=str(run), sizes=[6, 12], seeds=[0], include_all=True)
     cfg["prepare"] = [{"name": "foreign", "kind": "shapes_foreign_pickapic",
                        "options": {"out_dir": str(run / "foreign"), "n_captions": 8, "pairs_per_caption": 2}}]
     cfg["train"].update(batch_size=2, micro_batch_size=2, epochs=1, max_steps=None)

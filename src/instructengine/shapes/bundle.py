@@ -13,6 +13,7 @@ scorer                 shapes_oracle            exact match, per attribute, shar
 scorer                 shapes_clip              the tiny contrastive model's cosine
 scorer                 shapes_aesthetic         palette/cleanliness in [0, 1]
 benchmark              shapesbench              200 held-out prompts in 6 categories
+benchmark              shapesbench-60           60 of them, a seeded subset stratified by category
 validation_prompts     shapesbench-val          ShapesBench's generator, another seed, test removed
 model                  shapes                   the training adapter (pixel-space U-Net)
 tiny_model             shapes                   a tiny random-weight ShapesWorld-like model
@@ -38,7 +39,8 @@ COMPONENTS: dict[str, dict[str, str]] = {
         "shapes_clip": "instructengine.shapes.scorers:make_clip",
         "shapes_aesthetic": "instructengine.shapes.scorers:make_aesthetic",
     },
-    "benchmark": {"shapesbench": "instructengine.shapes.bench:load_shapesbench"},
+    "benchmark": {"shapesbench": "instructengine.shapes.bench:load_shapesbench",
+                  "shapesbench-60": "instructengine.shapes.bench:load_shapesbench_subset"},
     "validation_prompts": {"shapesbench-val": "instructengine.shapes.bench:validation_prompts"},
     "model": {"shapes": "instructengine.shapes.adapter:load_shapes_adapter"},
     "tiny_model": {"shapes": "instructengine.shapes.tiny:tiny_shapes_components"},
