@@ -169,15 +169,18 @@ def run_data_efficiency(cfg: DataEfficiencyConfig) -> Path:
     root = Path(cfg.run_dir) / "ablation" / cfg.name
     done = run_prepare(cfg.prepare, root)
     subsets: dict[str, Any] = {}
-    arms = [Arm(name="base", method=None)]
-    for curve in cfg.curves:
+    points: list[tuple[int, int, Arm]] = []
+    for c, curve in enumerate(cfg.curves):
         info = subset_indices(lambda n, c=curve: _train_config(cfg, c, n), cfg.sizes, cfg.include_all)
         sizes = [int(n) for n in info["sizes"]]
         subsets[curve.name] = info
         for n in sizes:
-            arms.append(Arm(name=f"{curve.name}-n{n}", method=curve.method, data=curve.data,
-                            overrides=[*curve.overrides, f"data.max_items={n}", f"data.subset_seed={cfg.subset_seed}"]))
+            points.append((n, c, Arm(name=f"{curve.name}-n{n}", method=curve.method, data=curve.data,
+                                     overrides=[*curve.overrides, f"data.max_items={n}",
+                                                f"data.subset_seed={cfg.subset_seed}"])))
         log.info("curve %s: %d items, sizes %s", curve.name, info["items"], sizes)
+    # smallest sizes first, curves interleaved: a run stopped early still has comparable points
+    arms = [Arm(name="base", method=None)] + [arm for _, _, arm in sorted(points, key=lambda p: (p[0], p[1]))]
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_json(root / "subsets.json", subsets)
     acfg = AblationConfig.model_validate({
