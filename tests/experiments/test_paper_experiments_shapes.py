@@ -226,3 +226,12 @@ def test_data_efficiency_runner_subsets_table_and_figure(tmp_path):
                                         abs=1e-6)
     table = (root / "table.md").read_text()
     assert "ours-n6" in table and "foreign-n6" in table and "figure.png" in table
+    # a stopped run: the figure and table of what is on disk, nothing trained or evaluated
+    (root / "scores" / "foreign-n12-seed0.parquet").unlink()
+    path.write_text(yaml.safe_dump({**cfg, "summarize_only": True}))
+    assert main(["train", "data-efficiency", "--config", str(path)]) == 0
+    assert not (root / "scores" / "foreign-n12-seed0.parquet").exists()
+    partial = pd.read_csv(root / "points-partial.csv")
+    assert len(partial) == len(points) - 1 and 12 not in set(partial[partial.curve == "foreign"]["size"])
+    assert _png_ok(root / "figure-partial.png") == (720, 480)
+    assert "no scores yet for foreign-n12-seed0" in (root / "table-partial.md").read_text()

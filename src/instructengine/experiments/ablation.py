@@ -123,6 +123,8 @@ class AblationConfig(Config):
     metrics: list[str] | None = Field(None, description="metric columns in the table (None: every metric column)")
     main_metric: str | None = Field(None, description="the table's main column (None: the first metric column)")
     bootstrap: int = Field(2000, ge=100, description="bootstrap resamples of the intervals")
+    summarize_only: bool = Field(False, description="train and evaluate nothing: the table of the arm x seed scores "
+                                 "already on disk (a partial table of a stopped run; missing runs are listed)")
 
     @model_validator(mode="after")
     def _arms_are_valid(self) -> "AblationConfig":
@@ -425,11 +427,13 @@ def run_ablation(cfg: AblationConfig) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     from instructengine.config import save_resolved
 
-    save_resolved(cfg, root / "config.yaml")
+    if not cfg.summarize_only:
+        save_resolved(cfg, root / "config.yaml")
     scores: dict[str, list[pd.DataFrame]] = {}
     timings: dict[str, float] = {}
     selection_log: list[dict[str, Any]] = []
     chosen: dict[str, list[str]] = {}
+    missing: list[str] = []
     for arm in cfg.arms:
         if arm.method is None:
             from instructengine.train.config import TrainConfig
@@ -442,6 +446,12 @@ def run_ablation(cfg: AblationConfig) -> Path:
                 metric = cfg.selection.metric
                 selection_log.append({"arm": arm.name, "grid": None, "overrides": [], "steps": 0,
                                       metric: float(val[metric].mean()), "binary": _binary(val[metric]), "train_s": 0.0})
+            continue
+        if cfg.summarize_only:
+            found = [root / "scores" / f"{arm.name}-seed{seed}.parquet" for seed in cfg.seeds]
+            missing += [p.stem for p in found if not p.is_file()]
+            if any(p.is_file() for p in found):
+                scores[arm.name] = [pd.read_parquet(p) for p in found if p.is_file()]
             continue
         extra = _select(cfg, arm, root, selection_log) if cfg.selection else []
         chosen[arm.name] = extra
@@ -459,13 +469,18 @@ def run_ablation(cfg: AblationConfig) -> Path:
     note = (f"\n{len(cfg.seeds)} training seeds per trained arm; test prompts {cfg.test_prompts!r} x image seeds "
             f"{cfg.test_seeds}; 95% intervals: two-level bootstrap (seeds, prompts; paired with {cfg.base_arm!r}), "
             f"{cfg.bootstrap} resamples. Wall time of this invocation: {wall / 60:.1f} min.\n")
+    if missing:
+        note += (f"\n**Partial table** (summarize_only): no scores yet for {', '.join(missing)}; those rows show "
+                 f"what is on disk (arms with fewer seeds than {len(cfg.seeds)}) or '-'.\n")
     if cfg.selection:
         sel = cfg.selection
         note += (f"\n## Selection on validation prompts ({sel.prompts!r} x image seeds {sel.seeds}; one training "
                  f"seed, {sel.train_seed})\n\n" + format_selection(selection_log, chosen, sel.metric))
-    atomic_write_json(root / "summary.json", {"summary": summary, "chosen": chosen, "selection": selection_log,
-                                              "train_seconds": timings, "wall_seconds": round(wall, 1)})
-    return atomic_write_text(root / "table.md", table + note)
+    name = "table-partial" if cfg.summarize_only else "table"
+    atomic_write_json(root / f"{'summary-partial' if cfg.summarize_only else 'summary'}.json",
+                      {"summary": summary, "chosen": chosen, "selection": selection_log, "train_seconds": timings,
+                       "wall_seconds": round(wall, 1), "missing": missing})
+    return atomic_write_text(root / f"{name}.md", table + note)
 
 
 def random_pick_samples(samples_dir: str | Path, candidates: str | Path, out_dir: str | Path, seed: int = 0,

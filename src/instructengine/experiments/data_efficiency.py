@@ -68,6 +68,8 @@ class DataEfficiencyConfig(Config):
     metrics: list[str] | None = Field(None, description="metric columns in the table (None: every metric column)")
     main_metric: str | None = Field(None, description="the plotted metric (None: the first metric column)")
     bootstrap: int = Field(2000, ge=100, description="bootstrap resamples of the intervals")
+    summarize_only: bool = Field(False, description="train nothing: points, table and figure of the runs on disk "
+                                 "(a stopped run's partial figure, written as *-partial)")
 
     @model_validator(mode="after")
     def _check(self) -> "DataEfficiencyConfig":
@@ -167,7 +169,7 @@ def run_data_efficiency(cfg: DataEfficiencyConfig) -> Path:
     """Prepare, train every (curve, size, seed), evaluate, write table, points and figure; returns ``figure.png``."""
     t0 = time.perf_counter()
     root = Path(cfg.run_dir) / "ablation" / cfg.name
-    done = run_prepare(cfg.prepare, root)
+    done = [] if cfg.summarize_only else run_prepare(cfg.prepare, root)
     subsets: dict[str, Any] = {}
     points: list[tuple[int, int, Arm]] = []
     for c, curve in enumerate(cfg.curves):
@@ -182,18 +184,22 @@ def run_data_efficiency(cfg: DataEfficiencyConfig) -> Path:
     # smallest sizes first, curves interleaved: a run stopped early still has comparable points
     arms = [Arm(name="base", method=None)] + [arm for _, _, arm in sorted(points, key=lambda p: (p[0], p[1]))]
     root.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(root / "subsets.json", subsets)
+    if not cfg.summarize_only:
+        atomic_write_json(root / "subsets.json", subsets)
     acfg = AblationConfig.model_validate({
         "name": cfg.name, "run_dir": cfg.run_dir, "train": cfg.train, "arms": [a.model_dump() for a in arms],
         "base_arm": "base", "seeds": cfg.seeds, "evaluation": cfg.evaluation.model_dump(mode="json"),
         "test_prompts": cfg.test_prompts, "test_seeds": cfg.test_seeds, "metrics": cfg.metrics,
-        "main_metric": cfg.main_metric, "bootstrap": cfg.bootstrap})
+        "main_metric": cfg.main_metric, "bootstrap": cfg.bootstrap, "summarize_only": cfg.summarize_only})
     table = run_ablation(acfg)
-    summary = json.loads((root / "summary.json").read_text())["summary"]
+    part = "-partial" if cfg.summarize_only else ""
+    summary = json.loads((root / f"summary{part}.json").read_text())["summary"]
     metric = cfg.main_metric or next(iter(summary["base"]))
     points = []
     for curve in cfg.curves:
         for n in subsets[curve.name]["sizes"]:
+            if f"{curve.name}-n{n}" not in summary:  # summarize_only: not run yet
+                continue
             s = summary[f"{curve.name}-n{n}"][metric]
             points.append({"curve": curve.name, "size": int(n), "mean": s["mean"], "ci95": s["ci95"],
                            "diff": s["diff"], "diff_ci95": s["diff_ci95"]})
@@ -202,10 +208,10 @@ def run_data_efficiency(cfg: DataEfficiencyConfig) -> Path:
              f"base,0,{base['mean']:.6f},{base['ci95'][0]:.6f},{base['ci95'][1]:.6f},0,0,0"]
     lines += [f"{p['curve']},{p['size']},{p['mean']:.6f},{p['ci95'][0]:.6f},{p['ci95'][1]:.6f},{p['diff']:.6f},"
               f"{p['diff_ci95'][0]:.6f},{p['diff_ci95'][1]:.6f}" for p in points]
-    atomic_write_text(root / "points.csv", "\n".join(lines) + "\n")
-    png = plot_data_efficiency(points, base, metric, root / "figure.png", bool(base.get("binary", True)))
+    atomic_write_text(root / f"points{part}.csv", "\n".join(lines) + "\n")
+    png = plot_data_efficiency(points, base, metric, root / f"figure{part}.png", bool(base.get("binary", True)))
     wall = time.perf_counter() - t0
     atomic_write_text(table, table.read_text() + format_prepare(done)
-                      + f"\n![{metric} vs training samples](figure.png)\n\nWall time including data preparation "
+                      + f"\n![{metric} vs training samples]({png.name})\n\nWall time including data preparation "
                         f"and subsets: {wall / 60:.1f} min.\n")
     return png

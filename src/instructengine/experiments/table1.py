@@ -97,7 +97,7 @@ def run_table1(cfg: Table1Config) -> Path:
     """Prepare the data, then train and evaluate every arm (resumable); returns ``table.md``."""
     root = Path(cfg.run_dir) / "ablation" / cfg.name
     t0 = time.perf_counter()
-    done = run_prepare(cfg.prepare, root)
+    done = [] if cfg.summarize_only else run_prepare(cfg.prepare, root)
     table = run_ablation(cfg)
     wall = time.perf_counter() - t0
     note = format_prepare(done) + f"\nWall time including data preparation: {wall / 60:.1f} min.\n"
