@@ -124,7 +124,7 @@ def table1(config: Optional[Path] = _CONFIG, overrides: Optional[list[str]] = _O
 def data_efficiency(config: Optional[Path] = _CONFIG, overrides: Optional[list[str]] = _OVERRIDES) -> None:
     """The paper's Figure 5: one training per source x nested subset size x seed; table, points and figure."""
     png = _experiment(config, overrides, "data_efficiency:DataEfficiencyConfig", "run_data_efficiency")
-    typer.echo((png.parent / "table.md").read_text())
+    typer.echo((png.parent / ("table-partial.md" if png.stem.endswith("-partial") else "table.md")).read_text())
     typer.echo(f"figure {png}")
 
 
