@@ -12,6 +12,7 @@ Every component a config can name is looked up here by *kind* (what sort of thin
     instruction_backend  text-stage backends besides 'llm': factory(**options) -> InstructionBackend
     embedder             text embedders besides 'clip': factory(**options) -> TextEmbedder
     validation_prompts   held-out prompt sets for hyper-parameter selection: factory(out_path) -> path
+    data_builder         data preparation steps of the paper experiments: builder(**options) -> path
     cli                  command groups mounted on ``instructengine``: a typer app (or "module:attr")
 
 A config names a component with ONE key, ``kind``: a registered name (``diffusers``,
@@ -52,6 +53,7 @@ KINDS = (
     "instruction_backend",
     "embedder",
     "validation_prompts",
+    "data_builder",
     "cli",
 )
 ENTRY_POINT_GROUP = "instructengine.bundles"
@@ -88,6 +90,7 @@ _BUILTIN: dict[str, dict[str, str]] = {
     "instruction_backend": {},  # "llm" is built from the `llm` section (instructengine.text_pipeline)
     "embedder": {"ngram": "instructengine.backends:NgramHashEmbedder"},  # "clip" from its own fields
     "validation_prompts": {},
+    "data_builder": {"data_pipeline": "instructengine.experiments.table1:data_pipeline_step"},
     "cli": {},
 }
 _REGISTRY: dict[str, dict[str, Any]] = {k: dict(_BUILTIN.get(k, {})) for k in KINDS}

@@ -103,3 +103,28 @@ def test_prompt_list_to_candidates_to_reward_best_worst_to_reward_dpo(tmp_path):
     result = run_training(tcfg)
     lines = (result.output_dir / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2
+
+
+def test_prompt_list_from_the_config_through_the_cli(tmp_path):
+    """`candidates.prompt_list` makes any prompt list the candidates stage's input without Python:
+    `instructengine images candidates` then `images baselines` (reward best/worst) on the same overrides."""
+    import json
+
+    from instructengine.cli import main
+
+    (tmp_path / "list").mkdir()
+    (tmp_path / "list" / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    run = tmp_path / "run"
+    common = ["--config", "configs/data_shapes.yaml", f"run_dir={run}", "candidates.n_candidates=3",
+              f"candidates.prompt_list={{path: {tmp_path / 'list'}, files: [prompts.txt], max_prompts: 4, subset_seed: 1}}",
+              "baselines=[{name: oracle_bw, scorers: [{kind: shapes_oracle, column: share}]}]"]
+    assert main(["images", "candidates", *common]) == 0
+    cands = read_candidates(run)
+    chosen, _, dropped = prompt_list_instructions(tmp_path / "list", PromptListConfig(files=["prompts.txt"]), n=4, seed=1)
+    assert sorted(set(cands["prompt"])) == sorted(i.prompt for i in chosen) and len(cands) == 4 * 3
+    assert (cands["side"] == 0).all() and not (run / "instructions").exists()  # no pairs.parquet was read
+    manifest = json.loads((run / "candidates" / "manifest.json").read_text())
+    assert manifest["inputs"]["prompt_list"]["max_prompts"] == 4 and "pairs" not in manifest["inputs"]
+    assert main(["images", "baselines", *common]) == 0
+    prefs = pd.read_parquet(run / "baselines" / "oracle_bw" / "preferences.parquet")
+    assert set(prefs["prompt"]) <= set(cands["prompt"]) and (prefs["reward_w"] > prefs["reward_l"]).all()

@@ -91,3 +91,18 @@ def test_confirm_rejects_off_topic_entities_and_dimensions_do_what_they_say():
         assert [g.intact for g in parse_caption(x1).groups] != [g.intact for g in parse_caption(x2).groups]
     for x1, x2 in ae:
         assert parse_caption(x1).palette == "vivid" and parse_caption(x2).palette == "dull"
+
+
+def test_shapesbench_60_is_a_stratified_nested_subset():
+    from instructengine import registry
+    from instructengine.shapes.bench import load_shapesbench, load_shapesbench_subset
+
+    full = load_shapesbench()
+    sub = registry.resolve("benchmark", "shapesbench-60")()
+    assert len(sub) == 60 and sub.prompt.is_unique and set(sub.prompt) <= set(full.prompt)
+    # 34/34/33/33/33/33 prompts per category: 60 x m / 200 is 10.2 or 9.9, so 10 of each
+    assert sub.category.value_counts().to_dict() == dict.fromkeys(full.category.unique(), 10)
+    assert set(sub.prompt) < set(load_shapesbench_subset(100).prompt)
+    order = {p: i for i, p in enumerate(full.prompt)}
+    assert [order[p] for p in sub.prompt] == sorted(order[p] for p in sub.prompt)  # ShapesBench's order
+    assert list(sub.prompt) != list(full.prompt[:60])

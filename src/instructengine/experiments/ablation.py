@@ -71,6 +71,7 @@ class Arm(Config):
     name: str = Field(..., description="row label and output folder name")
     method: str | None = Field(..., description="training method (see `instructengine train methods`); null: the base model")
     overrides: list[str] = Field(default_factory=list, description="dotted overrides of the shared `train` config for this arm")
+    data: str | None = Field(None, description="what the arm trains on, shown in the table's `data` column (a label only)")
 
 
 class Evaluation(Config):
@@ -124,6 +125,8 @@ class AblationConfig(Config):
     metrics: list[str] | None = Field(None, description="metric columns in the table (None: every metric column)")
     main_metric: str | None = Field(None, description="the table's main column (None: the first metric column)")
     bootstrap: int = Field(2000, ge=100, description="bootstrap resamples of the intervals")
+    summarize_only: bool = Field(False, description="train and evaluate nothing: the table of the arm x seed scores "
+                                 "already on disk (a partial table of a stopped run; missing runs are listed)")
 
     @model_validator(mode="after")
     def _arms_are_valid(self) -> "AblationConfig":
@@ -355,11 +358,13 @@ def _fmt(entry: dict[str, Any] | None, key: str = "mean", ci: str | None = "ci95
 
 def format_table(summary: dict[str, dict[str, Any]], arms: list[Arm], base_arm: str, main_metric: str) -> str:
     metrics = [m for m in next(iter(summary.values())) if m != main_metric]
-    head = ["arm", "method", f"{main_metric} (95% CI)", f"diff vs {base_arm} (95% CI)", *metrics]
+    with_data = any(a.data for a in arms)
+    head = ["arm", "method", *(["data"] if with_data else []), f"{main_metric} (95% CI)",
+            f"diff vs {base_arm} (95% CI)", *metrics]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for arm in arms:
         s = summary.get(arm.name, {})
-        row = [arm.name, arm.method or "-", _fmt(s.get(main_metric)),
+        row = [arm.name, arm.method or "-", *([arm.data or "-"] if with_data else []), _fmt(s.get(main_metric)),
                _fmt(s.get(main_metric), "diff", "diff_ci95") if arm.name != base_arm else "-"]
         row += [_fmt(s.get(m), ci=None) for m in metrics]
         lines.append("| " + " | ".join(row) + " |")
@@ -491,7 +496,8 @@ def run_ablation(cfg: AblationConfig) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     from instructengine.config import save_resolved
 
-    save_resolved(cfg, root / "config.yaml")
+    if not cfg.summarize_only:
+        save_resolved(cfg, root / "config.yaml")
     scores: dict[str, list[pd.DataFrame]] = {}
     timings: dict[str, float] = {}
     selection_log: list[dict[str, Any]] = []
@@ -500,6 +506,7 @@ def run_ablation(cfg: AblationConfig) -> Path:
 
     # one unit per test model: a base arm once, a trained arm once per seed (its selection runs inside)
     bar = Progress(f"ablation {cfg.name}", sum(1 if a.method is None else len(cfg.seeds) for a in cfg.arms), unit="run")
+    missing: list[str] = []
     for arm in cfg.arms:
         if arm.method is None:
             from instructengine.train.config import TrainConfig
@@ -513,6 +520,12 @@ def run_ablation(cfg: AblationConfig) -> Path:
                 selection_log.append({"arm": arm.name, "grid": None, "overrides": [], "steps": 0,
                                       metric: float(val[metric].mean()), "binary": _binary(val[metric]), "train_s": 0.0})
             bar.update(1, arm=arm.name)
+            continue
+        if cfg.summarize_only:
+            found = [root / "scores" / f"{arm.name}-seed{seed}.parquet" for seed in cfg.seeds]
+            missing += [p.stem for p in found if not p.is_file()]
+            if any(p.is_file() for p in found):
+                scores[arm.name] = [pd.read_parquet(p) for p in found if p.is_file()]
             continue
         extra = _select(cfg, arm, root, selection_log) if cfg.selection else []
         chosen[arm.name] = extra
@@ -532,15 +545,20 @@ def run_ablation(cfg: AblationConfig) -> Path:
     note = (f"\n{len(cfg.seeds)} training seeds per trained arm; test prompts {cfg.test_prompts!r} x image seeds "
             f"{cfg.test_seeds}; 95% intervals: two-level bootstrap (seeds, prompts; paired with {cfg.base_arm!r}), "
             f"{cfg.bootstrap} resamples. Wall time of this invocation: {wall / 60:.1f} min.\n")
+    if missing:
+        note += (f"\n**Partial table** (summarize_only): no scores yet for {', '.join(missing)}; those rows show "
+                 f"what is on disk (arms with fewer seeds than {len(cfg.seeds)}) or '-'.\n")
     if cfg.selection:
         sel = cfg.selection
         note += (f"\n## Selection on validation prompts ({sel.prompts!r} x image seeds {sel.seeds}; one training "
                  f"seed, {sel.train_seed})\n\n" + format_selection(selection_log, chosen, sel.metric))
     components = variance_components(scores, cfg.base_arm, main_metric)
-    atomic_write_json(root / "summary.json", {"summary": summary, "chosen": chosen, "selection": selection_log,
-                                              "variance_components": components,
-                                              "train_seconds": timings, "wall_seconds": round(wall, 1)})
-    return atomic_write_text(root / "table.md", table + note)
+    name = "table-partial" if cfg.summarize_only else "table"
+    atomic_write_json(root / f"{'summary-partial' if cfg.summarize_only else 'summary'}.json",
+                      {"summary": summary, "chosen": chosen, "selection": selection_log,
+                       "variance_components": components, "train_seconds": timings,
+                       "wall_seconds": round(wall, 1), "missing": missing})
+    return atomic_write_text(root / f"{name}.md", table + note)
 
 
 def random_pick_samples(samples_dir: str | Path, candidates: str | Path, out_dir: str | Path, seed: int = 0,

@@ -117,7 +117,8 @@ def run_candidates(
 
     ``generator`` defaults to the one ``cfg.generator`` names (built in every process);
     ``pairs`` to ``<run_dir>/instructions/pairs.parquet``; ``instructions`` (e.g. a prompt list through
-    ``instructengine.train.sources.prompt_instructions``) replaces the pairs altogether. Returns the
+    ``instructengine.train.sources.prompt_instructions``), or else ``candidates.prompt_list`` in the
+    config, replaces the pairs altogether. Returns the
     manifest on the main process, None on the others.
 
     Raises:
@@ -132,6 +133,13 @@ def run_candidates(
     state = PartialState(cpu=cfg.generator.device == "cpu")
     ccfg = cfg.candidates
     stage = StageDir(cfg.run_dir, STAGE)
+    if instructions is None and ccfg.prompt_list is not None:
+        from instructengine.train.sources import prompt_list_instructions
+
+        pl = ccfg.prompt_list
+        instructions, rows, dropped = prompt_list_instructions(pl.path, pl, pl.max_prompts, pl.subset_seed)
+        log(f"[candidates] prompt list {pl.path} {pl.files}: {rows} rows -> {len(instructions)} prompts; "
+            f"dropped {dict(dropped) or 'none'}")
     if instructions is None:
         if pairs is None:
             from instructengine.instructions.stage import read_pairs
@@ -282,7 +290,12 @@ def _merge(
     ccfg = cfg.candidates
     n = ccfg.n_candidates
     manifest = stage.new_manifest(cfg.candidates)
-    manifest.inputs["pairs"] = str(Path(cfg.run_dir) / "instructions" / "pairs.parquet")
+    if cfg.candidates.prompt_list is not None:
+        pl = cfg.candidates.prompt_list
+        manifest.inputs["prompt_list"] = {"path": pl.path, "files": list(pl.files), "column": pl.column,
+                                          "max_prompts": pl.max_prompts, "subset_seed": pl.subset_seed}
+    else:
+        manifest.inputs["pairs"] = str(Path(cfg.run_dir) / "instructions" / "pairs.parquet")
     failed = _failures(stage)
     read_flags = cfg.generator.kind == "diffusers" or ":" in cfg.generator.kind  # backends that may flag images
     rows = []

@@ -20,10 +20,12 @@ from instructengine.generation.base import GeneratorConfig
 from instructengine.scorers.spec import ScorerSpec
 from instructengine.llm.config import LLMConfig
 from instructengine.text_pipeline import TextPipelineConfig
+from instructengine.train.config import PromptListConfig
 
 __all__ = [
     "BASELINE_PRESETS",
     "BaselineSpec",
+    "CandidatePromptList",
     "CandidatesConfig",
     "DataPipelineConfig",
     "DatasetConfig",
@@ -62,6 +64,12 @@ class CandidatesConfig(Config):
         "and skips the merge; a final run with num_shards=1 fills any gap and writes candidates.parquet.",
     )
     shard_index: int = Field(0, ge=0, description="This job's shard, 0 <= shard_index < num_shards.")
+    prompt_list: "CandidatePromptList | None" = Field(
+        None,
+        description="Instead of <run_dir>/instructions/pairs.parquet: any prompt list (DiffusionDB metadata, Pick-a-Pic "
+        "captions, a table or text file); one instruction per distinct prompt (side 0), for the reward best/worst "
+        "baseline on foreign prompts (`baselines`, then method reward_dpo).",
+    )
     abort_after_failures: int = Field(
         8,
         ge=1,
@@ -74,6 +82,19 @@ class CandidatesConfig(Config):
         if self.shard_index >= self.num_shards:
             raise ValueError(f"shard_index={self.shard_index} must be < num_shards={self.num_shards}")
         return self
+
+
+class CandidatePromptList(PromptListConfig):
+    """A prompt list as the candidates stage's input (``candidates.prompt_list``)."""
+
+    path: str = Field(description="folder the `files` patterns are relative to (absolute patterns ignore it)")
+    max_prompts: int | None = Field(
+        None, ge=1, description="keep a seeded random subset of this many prompts (nested in larger ones); null: all"
+    )
+    subset_seed: int = Field(0, description="seed of the max_prompts subset")
+
+
+CandidatesConfig.model_rebuild()
 
 
 class WeightedScorerSpec(ScorerSpec):

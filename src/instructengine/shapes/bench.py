@@ -84,6 +84,16 @@ def load_shapesbench_xl() -> pd.DataFrame:
     return pd.read_csv(XL_CSV)
 
 
+def load_shapesbench_subset(n: int = 60, seed: int = 0) -> pd.DataFrame:
+    """A seeded random subset of ``n`` ShapesBench prompts, stratified by category (about n/6 each;
+    nested: the subset of 60 lies inside that of 100), in ShapesBench's order: registered as
+    ``shapesbench-60``, a cheaper test set for CPU-bound paper experiments."""
+    from instructengine.train.sources import nested_subset
+
+    df = load_shapesbench()
+    return df.iloc[nested_subset(list(df.category), n, seed)].reset_index(drop=True)
+
+
 if __name__ == "__main__":  # regenerate the shipped files: python -m instructengine.shapes.bench
     generate_shapesbench().to_csv(BENCH_CSV, index=False)
     generate_shapesbench_xl().to_csv(XL_CSV, index=False)

@@ -82,13 +82,13 @@ def methods() -> None:
         typer.echo(f"{name:16s} {loss:34s} data: {m.source:10s} {m.summary}")
 
 
-@app.command()
-def ablation(config: Optional[Path] = _CONFIG, overrides: Optional[list[str]] = _OVERRIDES, quiet: bool = _QUIET) -> None:
-    """Train and evaluate every arm x seed of an ablation and write its table (resumable)."""
+def _experiment(config: Optional[Path], overrides: Optional[list[str]], config_class: str, runner: str) -> Path:
+    """Load ``config_class`` and call ``runner`` (both in ``instructengine.experiments``), with progress lines;
+    known errors become one line (the app's error handling)."""
+    import importlib
     import logging
 
     from instructengine.config import load_config
-    from instructengine.experiments.ablation import AblationConfig, run_ablation
 
     progress = logging.getLogger("instructengine.experiments.ablation")  # one line per training / evaluation
     if not progress.handlers:
@@ -96,9 +96,31 @@ def ablation(config: Optional[Path] = _CONFIG, overrides: Optional[list[str]] = 
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
         progress.addHandler(handler)
         progress.setLevel(logging.INFO)
-    cfg = load_config(AblationConfig, config, overrides or [])
-    table = run_ablation(cfg)
-    typer.echo(table.read_text())
+    module_name, _, cls = config_class.partition(":")
+    module = importlib.import_module(f"instructengine.experiments.{module_name}")
+    cfg = load_config(getattr(module, cls), config, overrides or [])
+    return getattr(module, runner)(cfg)
+
+
+@app.command()
+def ablation(config: Optional[Path] = _CONFIG, overrides: Optional[list[str]] = _OVERRIDES, quiet: bool = _QUIET) -> None:
+    """Train and evaluate every arm x seed of an ablation and write its table (resumable)."""
+    typer.echo(_experiment(config, overrides, "ablation:AblationConfig", "run_ablation").read_text())
+
+
+@app.command()
+def table1(config: Optional[Path] = _CONFIG, overrides: Optional[list[str]] = _OVERRIDES, quiet: bool = _QUIET) -> None:
+    """The paper's Table 1: prepare every arm's data source, then train/evaluate every arm x seed (resumable)."""
+    typer.echo(_experiment(config, overrides, "table1:Table1Config", "run_table1").read_text())
+
+
+@app.command("data-efficiency")
+def data_efficiency(config: Optional[Path] = _CONFIG, overrides: Optional[list[str]] = _OVERRIDES,
+                    quiet: bool = _QUIET) -> None:
+    """The paper's Figure 5: one training per source x nested subset size x seed; table, points and figure."""
+    png = _experiment(config, overrides, "data_efficiency:DataEfficiencyConfig", "run_data_efficiency")
+    typer.echo((png.parent / ("table-partial.md" if png.stem.endswith("-partial") else "table.md")).read_text())
+    typer.echo(f"figure {png}")
 
 
 @app.command()
