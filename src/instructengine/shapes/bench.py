@@ -61,17 +61,25 @@ def _draw(category: str, rng: np.random.Generator) -> Scene:
 def generate_shapesbench(seed: int = 2024) -> pd.DataFrame:
     """The benchmark table (prompt, category), unique prompts, deterministic from ``seed``."""
     rng = np.random.default_rng(seed)
-    rows, seen = [], set()
-    for category, n in CATEGORIES.items():
-        k = 0
-        while k < n:
-            scene = _draw(category, rng)
-            if scene.caption in seen or not scene_is_heldout(scene):
-                continue
-            seen.add(scene.caption)
-            rows.append({"prompt": scene.caption, "category": category})
-            k += 1
+    seen: set[str] = set()
+    rows = [{"prompt": p, "category": c} for c, n in CATEGORIES.items() for p in _draw_heldout(c, rng, n, seen)]
     return pd.DataFrame(rows)
+
+
+def _draw_heldout(category: str, rng: np.random.Generator, n: int, seen: set[str],
+                  max_draws: int | None = None) -> list[str]:
+    """Up to ``n`` distinct held-out captions of ``category`` not in ``seen`` (added to it), from at
+    most ``max_draws`` draws (None: until ``n`` are found)."""
+    out: list[str] = []
+    draws = 0
+    while len(out) < n and (max_draws is None or draws < max_draws):
+        draws += 1
+        scene = _draw(category, rng)
+        if scene.caption in seen or not scene_is_heldout(scene):
+            continue
+        seen.add(scene.caption)
+        out.append(scene.caption)
+    return out
 
 
 def load_shapesbench() -> pd.DataFrame:
@@ -120,18 +128,9 @@ def generate_shapesbench_xl(seed: int = 2025, per_category: int = XL_PER_CATEGOR
     """
     validation = set(generate_shapesbench(7).prompt)
     rng = np.random.default_rng(seed)
-    rows, seen = [], set(validation)
-    for category in CATEGORIES:
-        k = 0
-        for _ in range(draws):
-            if k >= per_category:
-                break
-            scene = _draw(category, rng)
-            if scene.caption in seen or not scene_is_heldout(scene):
-                continue
-            seen.add(scene.caption)
-            rows.append({"prompt": scene.caption, "category": category})
-            k += 1
+    seen = set(validation)
+    rows = [{"prompt": p, "category": c} for c in CATEGORIES
+            for p in _draw_heldout(c, rng, per_category, seen, max_draws=draws)]
     return pd.DataFrame(rows)
 
 
