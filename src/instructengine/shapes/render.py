@@ -7,6 +7,8 @@ the oracle (:func:`object_mask`), so a render is read back exactly.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from instructengine.shapes.scene import BACKGROUNDS, COLOURS, PALETTES, Scene
@@ -21,7 +23,14 @@ COLOUR_JITTER = 0.03
 
 
 def object_mask(shape: str, h: int, w: int, intact: bool = True) -> np.ndarray:
-    """Boolean (h, w) mask of a shape filling an h x w box; broken shapes miss their upper-right part."""
+    """Boolean (h, w) mask of a shape filling an h x w box; broken shapes miss their upper-right part.
+    Cached (the oracle asks for the same few boxes for every object it reads back): the array is
+    read-only, copy it to change it."""
+    return _object_mask(shape, int(h), int(w), bool(intact))
+
+
+@lru_cache(maxsize=4096)
+def _object_mask(shape: str, h: int, w: int, intact: bool) -> np.ndarray:
     y, x = np.mgrid[0:h, 0:w].astype(np.float64) + 0.5
     if shape == "circle":
         m = ((x - w / 2) / (w / 2)) ** 2 + ((y - h / 2) / (h / 2)) ** 2 <= 1.0 + 1e-9
@@ -33,6 +42,7 @@ def object_mask(shape: str, h: int, w: int, intact: bool = True) -> np.ndarray:
         raise ValueError(f"unknown shape {shape!r}")
     if not intact:
         m = m & ~((x >= w / 2) & (y < 0.6 * h))
+    m.setflags(write=False)
     return m
 
 
