@@ -68,3 +68,17 @@ def test_broken_shapes_miss_their_upper_right_part():
         intact, broken = object_mask(shape, 11, 11, True), object_mask(shape, 11, 11, False)
         assert broken.sum() < intact.sum() and not (broken & ~intact).any()
         assert not broken[:6, 6:].any()
+
+
+def test_object_mask_is_cached_read_only_and_exact():
+    """The oracle reads back every object against these masks, so the cache must not be writable
+    (a caller's change would corrupt every later judgement); the values are the hand-derived ones."""
+    tri = object_mask("triangle", 3, 3, True)
+    # pixel centres 0.5, 1.5, 2.5: |x - 1.5| <= (y / 3) * 1.5 + 0.25, i.e. 0.5 / 1.0 / 1.5 per row
+    assert tri.tolist() == [[False, True, False], [True, True, True], [True, True, True]]
+    broken = object_mask("square", 4, 4, False)  # centres x >= 2 and y < 2.4 removed: rows 0.5, 1.5
+    assert broken.tolist() == [[True, True, False, False], [True, True, False, False],
+                               [True, True, True, True], [True, True, True, True]]
+    assert object_mask("triangle", 3, 3, True) is tri
+    with pytest.raises(ValueError, match="read-only"):
+        tri[0, 0] = True
