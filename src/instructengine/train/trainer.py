@@ -112,6 +112,20 @@ def _resume_key(cfg: TrainConfig) -> str:
     return json.dumps(data, sort_keys=True)
 
 
+def _after_last_event_second(folder: Path) -> None:
+    """Wait (at most ~1 s) until the wall-clock second is past the newest tensorboard event file's:
+    readers take event files in name order and the name starts with that second, so a resumed run's
+    file (with its purge of the steps after the checkpoint) must sort after the crashed run's. Within
+    one second the names differ only in a counter, which sorts as text ('.10' < '.9')."""
+    stamps = []
+    for f in folder.rglob("events.out.tfevents.*"):
+        part = f.name.split(".")[3:4]
+        if part and part[0].isdigit():
+            stamps.append(int(part[0]))
+    while stamps and int(time.time()) <= max(stamps):
+        time.sleep(0.05)
+
+
 class Trainer:
     """Aligns a text-to-image U-Net with the method named in the config. Use :func:`run_training`."""
 
@@ -326,6 +340,7 @@ class Trainer:
             if getattr(tracker, "name", None) == "tensorboard" and self.progress.step:
                 # events of the run before the crash that lie after the checkpoint are dropped
                 tracker.init_kwargs["purge_step"] = self.progress.step + 1
+                _after_last_event_second(self.stage.root / "tensorboard")
         acc.init_trackers(cfg.tracker_project, config=flat_hparams(cfg.model_dump(mode="json")))
 
     # --- checkpoint hooks: only trainable tensors are saved (LoRA: adapters only) -------------
