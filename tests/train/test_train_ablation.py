@@ -15,8 +15,10 @@ from instructengine.experiments.ablation import (
     AblationConfig,
     paired_bootstrap,
     random_pick_samples,
+    format_contrasts,
     run_ablation,
     summarize_arms,
+    summarize_contrasts,
     variance_components,
 )
 from instructengine.train.tiny import write_candidates, write_samples
@@ -69,6 +71,43 @@ def test_summarize_skips_not_applicable_rows():
     assert out["base"]["relation"]["mean"] == 0.5 and "diff" not in out["base"]["exact"]
 
 
+def test_contrasts_by_hand_include_the_seed_term():
+    """a - b of the main metric: a shift known by construction, then a seed term whose bootstrap
+    distribution is derived by hand."""
+    prompts = range(4)
+    b = pd.DataFrame({"prompt_index": prompts, "seed": 0, "score": [0.1, 0.5, 0.2, 0.7]})
+    shifted = b.assign(score=b.score + 0.25)
+    out = summarize_contrasts({"a": [shifted], "b": [b]}, [("a", "b")], "score", n_boot=300)
+    c = out["a - b"]
+    assert c["diff"] == pytest.approx(0.25) and c["diff_ci95"] == pytest.approx([0.25, 0.25])  # paired prompts
+    assert c["seeds"] == [1, 1] and not c["binary"]
+    # two training seeds of a, constant 0.2 and 0.4 on every prompt; b constant 0: a resample's
+    # difference is 0.2 (p 1/4), 0.3 (p 1/2) or 0.4 (p 1/4), so the 95% interval is [0.2, 0.4]
+    a2 = [b.assign(score=0.2), b.assign(score=0.4)]
+    zero = b.assign(score=0.0)
+    out = summarize_contrasts({"a": a2, "b": [zero], "base": [zero]}, [("a", "b"), ("b", "a")], "score", n_boot=2000)
+    assert out["a - b"]["diff"] == pytest.approx(0.3) and out["a - b"]["diff_ci95"] == pytest.approx([0.2, 0.4])
+    assert out["b - a"]["diff_ci95"] == pytest.approx([-0.4, -0.2]) and out["b - a"]["seeds"] == [1, 2]
+    text = format_contrasts(out, "score")
+    assert "| a - b | +0.300 [0.200, 0.400] | 0.100 | 2 vs 1 |" in text
+    # binary metric in percent; a contrast with an arm that has no scores yet is left out
+    hits = pd.DataFrame({"prompt_index": prompts, "seed": 0, "exact": [1.0, 0.0, 1.0, 1.0]})
+    miss = hits.assign(exact=[0.0, 0.0, 1.0, 0.0])
+    out = summarize_contrasts({"a": [hits], "b": [miss]}, [("a", "b"), ("a", "c")], "exact", n_boot=200)
+    assert list(out) == ["a - b"] and out["a - b"]["diff"] == pytest.approx(0.5)
+    assert format_contrasts(out, "exact").splitlines()[2].startswith("| a - b | +50.0 [")
+
+
+def test_contrast_config_names_the_bad_arm():
+    base = {"name": "x", "arms": [{"name": "base", "method": None}, {"name": "cv", "method": "cv_dpo"}], "test_prompts": "p.txt",
+            "evaluator": "m:f"}
+    assert AblationConfig(**base, contrasts=[["cv", "base"]]).contrasts == [("cv", "base")]
+    with pytest.raises(ValueError, match="contrast \\[cv, dpo\\]: 'dpo' is not one of the arms"):
+        AblationConfig(**base, contrasts=[["cv", "dpo"]])
+    with pytest.raises(ValueError, match="give two different arms"):
+        AblationConfig(**base, contrasts=[["cv", "cv"]])
+
+
 def test_variance_components_from_score_tables_match_the_array_estimate():
     from instructengine.evaluate.stats import VarianceComponents
 
@@ -112,7 +151,7 @@ def _ablation_yaml(tiny_root: Path, tmp_path: Path) -> Path:
 
 
 def test_ablation_end_to_end_and_resumable(tiny_root, tmp_path, caplog):
-    cfg = load_config(AblationConfig, _ablation_yaml(tiny_root, tmp_path))
+    cfg = load_config(AblationConfig, _ablation_yaml(tiny_root, tmp_path), ['contrasts=[["cv", "sft"]]'])
     with caplog.at_level("INFO", logger="instructengine.experiments.ablation"):
         table = run_ablation(cfg)
     progress = [r.getMessage() for r in caplog.records]  # what `instructengine train ablation` prints
@@ -137,6 +176,11 @@ def test_ablation_end_to_end_and_resumable(tiny_root, tmp_path, caplog):
     finals = sorted(p.name for p in runs.iterdir() if not p.name.split("-")[1].startswith("sel"))
     assert finals == ["cv-seed0", "cv-seed1", "sft-seed0", "sft-seed1"]
     assert summary["summary"]["cv"]["exact"]["n"] == 2 * 6 * 3
+    contrast = summary["contrasts"]["cv - sft"]  # the difference of the two rows' means, with its interval
+    means = {a: summary["summary"][a]["exact"]["mean"] for a in ("cv", "sft")}
+    assert contrast["diff"] == pytest.approx(means["cv"] - means["sft"]) and contrast["seeds"] == [2, 2]
+    assert contrast["diff_ci95"][0] <= contrast["diff"] <= contrast["diff_ci95"][1]
+    assert "## Differences between arms" in text and "| cv - sft | " in text
     # second invocation: nothing is trained or evaluated again
     stamp = {p: p.stat().st_mtime for p in runs.rglob("manifest.json")}
     again = run_ablation(cfg)

@@ -115,6 +115,10 @@ class AblationConfig(Config):
     train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig fields shared by every arm")
     arms: list[Arm] = Field(..., min_length=1, description="the rows of the table")
     base_arm: str = Field("base", description="arm the differences are taken against")
+    contrasts: list[tuple[str, str]] = Field(
+        default_factory=list,
+        description="pairs [a, b] of arms whose paired difference a - b in the main metric the table reports "
+                    "below the arms (same two-level bootstrap: each arm's training seeds, then the prompts, paired)")
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1, description="training seeds of the final runs")
     selection: Selection | None = Field(None, description="hyper-parameter/stopping selection; null: use the config as is")
     evaluation: Evaluation | None = Field(None, description="the harness evaluation of every model (see module doc)")
@@ -135,6 +139,12 @@ class AblationConfig(Config):
             raise ValueError(f"arm names must be unique, got {names}")
         if self.base_arm not in names:
             raise ValueError(f"base_arm {self.base_arm!r} is not one of the arms {names}")
+        for a, b in self.contrasts:
+            for x in (a, b):
+                if x not in names:
+                    raise ValueError(f"contrast [{a}, {b}]: {x!r} is not one of the arms {names}")
+            if a == b:
+                raise ValueError(f"contrast [{a}, {b}]: give two different arms")
         if (self.evaluation is None) == (self.evaluator is None):
             raise ValueError("give exactly one of `evaluation` (the harness: generator + scorers) and `evaluator` "
                              "('module:function')")
@@ -302,6 +312,34 @@ def summarize_arms(scores: dict[str, list[pd.DataFrame]], base_arm: str, metrics
             out[arm][m] = paired_bootstrap(arm_pp, base_pp, n_boot)
             out[arm][m]["binary"] = bool(every[m].dropna().isin([0, 1]).all())
     return out
+
+
+def summarize_contrasts(scores: dict[str, list[pd.DataFrame]], contrasts: list[tuple[str, str]], metric: str,
+                        n_boot: int = 2000) -> dict[str, dict[str, Any]]:
+    """Per contrast ``(a, b)``: the paired difference ``a - b`` of ``metric`` and its 95% interval by the
+    two-level bootstrap of :func:`paired_bootstrap` (each arm's training seeds drawn independently, the
+    same prompts for both). Contrasts with an arm without scores (a partial run) are left out."""
+    every = pd.concat([df for dfs in scores.values() for df in dfs])
+    prompts = np.unique(every.prompt_index.to_numpy())
+    out: dict[str, dict[str, Any]] = {}
+    for a, b in contrasts:
+        if not scores.get(a) or not scores.get(b):
+            continue
+        r = paired_bootstrap(_per_prompt(scores[a], metric, prompts), _per_prompt(scores[b], metric, prompts), n_boot)
+        out[f"{a} - {b}"] = {"a": a, "b": b, "diff": r["diff"], "diff_ci95": r["diff_ci95"],
+                             "seeds": [len(scores[a]), len(scores[b])],
+                             "binary": bool(every[metric].dropna().isin([0, 1]).all())}
+    return out
+
+
+def format_contrasts(contrasts: dict[str, dict[str, Any]], metric: str) -> str:
+    lines = [f"| difference | {metric} (95% CI) | half-width | training seeds |", "|---|---|---:|---|"]
+    for name, c in contrasts.items():
+        scale = 100.0 if c["binary"] else 1.0
+        half = scale * (c["diff_ci95"][1] - c["diff_ci95"][0]) / 2
+        lines.append(f"| {name} | {_fmt(c, 'diff', 'diff_ci95')} | {half:.{1 if c['binary'] else 3}f} | "
+                     f"{c['seeds'][0]} vs {c['seeds'][1]} |")
+    return "\n".join(lines) + "\n"
 
 
 def _score_array(dfs: list[pd.DataFrame], metric: str, prompts: np.ndarray, image_seeds: np.ndarray) -> np.ndarray:
@@ -552,11 +590,14 @@ def run_ablation(cfg: AblationConfig) -> Path:
         sel = cfg.selection
         note += (f"\n## Selection on validation prompts ({sel.prompts!r} x image seeds {sel.seeds}; one training "
                  f"seed, {sel.train_seed})\n\n" + format_selection(selection_log, chosen, sel.metric))
+    contrasts = summarize_contrasts(scores, cfg.contrasts, main_metric, cfg.bootstrap)
+    if contrasts:
+        note += "\n## Differences between arms\n\n" + format_contrasts(contrasts, main_metric)
     components = variance_components(scores, cfg.base_arm, main_metric)
     name = "table-partial" if cfg.summarize_only else "table"
     atomic_write_json(root / f"{'summary-partial' if cfg.summarize_only else 'summary'}.json",
                       {"summary": summary, "chosen": chosen, "selection": selection_log,
-                       "variance_components": components, "train_seconds": timings,
+                       "contrasts": contrasts, "variance_components": components, "train_seconds": timings,
                        "wall_seconds": round(wall, 1), "missing": missing})
     return atomic_write_text(root / f"{name}.md", table + note)
 
