@@ -10,3 +10,19 @@ torch/diffusers/transformers lazily.
 """
 
 __version__ = "0.1.0"
+
+
+def _quiet_empty_fp32_warning() -> None:
+    """diffusers warns on every ``model.to(dtype)`` that "there are modules ... that should be kept in
+    float32: []" even when that list is empty (every load and cast of a U-Net in a run printed it);
+    drop only that empty-list case, so a model with real float32-only modules still warns."""
+    import logging
+
+    class _EmptyListOnly(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "should be kept in float32: []" not in record.getMessage()
+
+    logging.getLogger("diffusers.models.modeling_utils").addFilter(_EmptyListOnly())
+
+
+_quiet_empty_fp32_warning()

@@ -1,0 +1,38 @@
+"""The one diffusers warning InstructEngine silences: "modules that should be kept in float32: []"
+(the empty list, printed on every cast of a U-Net); a non-empty list still warns."""
+
+import logging
+
+import torch
+
+import instructengine  # noqa: F401  (installs the filter)
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_casting_a_unet_prints_no_empty_float32_list() -> None:
+    from diffusers import UNet2DConditionModel
+
+    logger = logging.getLogger("diffusers.models.modeling_utils")
+    handler = _Records()
+    logger.addHandler(handler)
+    try:
+        unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16),
+                                    layers_per_block=1, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=16,
+                                    attention_head_dim=4, norm_num_groups=4)
+        unet.to(dtype=torch.float32)
+        unet.to("cpu", torch.bfloat16)
+        assert unet.dtype == torch.bfloat16
+        assert not [m for m in handler.messages if "kept in float32" in m]
+        logger.warning("There are modules in X that should be kept in float32: ['norm']. Casting directly ...")
+        assert handler.messages == ["There are modules in X that should be kept in float32: ['norm']. Casting directly ..."]
+    finally:
+        logger.removeHandler(handler)
