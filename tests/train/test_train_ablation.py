@@ -181,6 +181,7 @@ def test_ablation_end_to_end_and_resumable(tiny_root, tmp_path, caplog):
     assert contrast["diff"] == pytest.approx(means["cv"] - means["sft"]) and contrast["seeds"] == [2, 2]
     assert contrast["diff_ci95"][0] <= contrast["diff"] <= contrast["diff_ci95"][1]
     assert "## Differences between arms" in text and "| cv - sft | " in text
+    assert (table.parent / "differences.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # second invocation: nothing is trained or evaluated again
     stamp = {p: p.stat().st_mtime for p in runs.rglob("manifest.json")}
     again = run_ablation(cfg)

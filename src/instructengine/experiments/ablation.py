@@ -22,7 +22,8 @@ scorers (``configs/ablation_shapes.yaml`` is the paper's Table 2 in miniature on
 4. **Table**: per arm the mean of each metric over seeds and images, a 95% interval from a
    two-level bootstrap (training seeds, then prompts; prompts paired across arms), and the
    difference from the base arm with its own paired interval. Written to
-   ``<run_dir>/ablation/<name>/table.md`` and ``summary.json`` with the wall time it took.
+   ``<run_dir>/ablation/<name>/table.md`` and ``summary.json`` with the wall time it took, and
+   ``differences.png``: every arm's difference to the base and every named contrast as a forest plot.
 
 Every step is resumable: finished training runs are skipped (or extended), evaluations already on
 disk are reused; the untrained base model's scores are shared by every ablation of one ``run_dir``
@@ -43,6 +44,7 @@ import pandas as pd
 from pydantic import Field, model_validator
 
 from instructengine.config import Config, apply_overrides, validate_config
+from instructengine.experiments.ablation_plot import difference_rows, plot_differences
 from instructengine.generation import GeneratorConfig
 from instructengine.runs import atomic_write_json, atomic_write_parquet, atomic_write_text, share_files
 from instructengine.scorers.spec import ScorerSpec
@@ -595,6 +597,11 @@ def run_ablation(cfg: AblationConfig) -> Path:
         note += "\n## Differences between arms\n\n" + format_contrasts(contrasts, main_metric)
     components = variance_components(scores, cfg.base_arm, main_metric)
     name = "table-partial" if cfg.summarize_only else "table"
+    rows = difference_rows(summary, contrasts, cfg.base_arm, main_metric)
+    if rows:
+        plot_differences(rows, main_metric, f"{cfg.name} on {cfg.test_prompts}, training seeds {cfg.seeds}"
+                         + (" (partial: the seeds on disk)" if cfg.summarize_only else ""),
+                         root / f"differences{'-partial' if cfg.summarize_only else ''}.png")
     atomic_write_json(root / f"{'summary-partial' if cfg.summarize_only else 'summary'}.json",
                       {"summary": summary, "chosen": chosen, "selection": selection_log,
                        "contrasts": contrasts, "variance_components": components, "train_seconds": timings,
