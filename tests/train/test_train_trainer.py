@@ -147,13 +147,22 @@ def test_bf16_checkpointing_v_prediction_run(tiny_root, tmp_path):
     assert lora_b and any(v.abs().sum() > 0 for v in lora_b)  # B starts at zero: gradients flowed
 
 
+# Adam's epsilon well above float rounding: at the default 1e-8 its first steps divide each gradient
+# element by its own magnitude, so rounding in a near-zero element (channels-last picks other convolution
+# kernels) flips that weight's update by up to lr (seen: weights 1.2% apart and errors 2.6e-5 apart at step 2
+# on an Intel Xeon, within bounds on an AMD EPYC); at 1e-3 a tiny gradient makes a tiny update
+EPS = 1e-3
+
+
 @pytest.mark.parametrize("option", [{"optim__fused": True}, {"channels_last": True}], ids=["fused_adamw", "channels_last"])
 def test_speed_options_leave_the_run_unchanged(tiny_root, tmp_path, option):
     """Fused AdamW and channels-last U-Nets are speed options: the same losses and the same trained
     weights as the default run, up to float rounding."""
-    plain = run_training(make_config(tiny_root, tmp_path / "plain", "sd15", "cv_dpo", optim__lr=1e-2))
-    fast = run_training(make_config(tiny_root, tmp_path / "fast", "sd15", "cv_dpo", optim__lr=1e-2, **option))
+    plain = run_training(make_config(tiny_root, tmp_path / "plain", "sd15", "cv_dpo", optim__lr=1e-2, optim__adam_eps=EPS))
+    fast = run_training(make_config(tiny_root, tmp_path / "fast", "sd15", "cv_dpo", optim__lr=1e-2, optim__adam_eps=EPS,
+                                    **option))
     a, b = _metrics(plain.output_dir), _metrics(fast.output_dir)
+    assert len(a) == len(b) >= 2
     for key in ("model_err_winner", "model_err_loser", "ref_err_winner", "ref_err_loser"):
         assert [r[key] for r in a] == pytest.approx([r[key] for r in b], rel=1e-5), key
     before = load_file(str(tiny_root / "sd15" / "unet" / "diffusion_pytorch_model.safetensors"))
@@ -162,6 +171,5 @@ def test_speed_options_leave_the_run_unchanged(tiny_root, tmp_path, option):
     moved = torch.cat([(w0[k] - before[k]).flatten() for k in w0]).norm().item()
     apart = torch.cat([(w0[k] - w1[k]).flatten() for k in w0]).norm().item()
     assert moved > 1e-3  # the run trained, so equal weights mean equal updates
-    # 1%: Adam's first steps divide each gradient element by its own magnitude, so float rounding in a
-    # near-zero gradient (other convolution kernels for channels-last) moves that weight by up to lr
-    assert apart < 1e-2 * moved
+    # 0.2% (seen: 1.7e-4 with channels-last on an Intel Xeon, 2.8e-5 fused)
+    assert apart < 2e-3 * moved
