@@ -568,6 +568,9 @@ class Trainer:
         acc.wait_for_everyone()
         if acc.is_main_process and path.exists():
             shutil.rmtree(path)  # an incomplete leftover of a killed run
+        # every process creates the folder in save_state: without this barrier the main process could
+        # remove the folder another rank has just created and is writing to (seen on a 2-process CPU run)
+        acc.wait_for_everyone()
         acc.save_state(str(path))
         acc.wait_for_everyone()
         if acc.is_main_process:
