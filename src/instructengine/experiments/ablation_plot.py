@@ -3,9 +3,10 @@ its 95% interval (``differences.png`` beside ``table.md``)."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
+
+from instructengine.plots import figure_png, pyplot
 
 __all__ = ["difference_rows", "plot_differences"]
 
@@ -33,11 +34,7 @@ def plot_differences(rows: list[dict[str, Any]], metric: str, title: str, path: 
                      unit: str = "points") -> bytes:
     """A forest plot of ``rows`` (see :func:`difference_rows`): a dot per difference, its 95% interval
     as a bar, the zero line; intervals that exclude 0 drawn dark. Returns PNG bytes (written to ``path``)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     n = max(len(rows), 1)
     fig, ax = plt.subplots(figsize=(7.5, 0.42 * n + 1.3))
     for k, r in enumerate(rows):
@@ -59,12 +56,4 @@ def plot_differences(rows: list[dict[str, Any]], metric: str, title: str, path: 
     hi = max([r["hi"] for r in rows] + [0.0])
     ax.set_xlim(lo - 0.05 * (hi - lo + 1e-9), hi + 0.45 * (hi - lo + 1e-9))
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    data = buf.getvalue()
-    if path is not None:
-        from instructengine.runs import atomic_write_bytes
-
-        atomic_write_bytes(Path(path), data)
-    return data
+    return figure_png(fig, path)

@@ -350,11 +350,9 @@ def winrate_chart(results: dict[str, Any], path: str | Path | None = None) -> by
 
     Returns the PNG bytes (and writes them to ``path`` when given).
     """
-    import matplotlib
+    from instructengine.plots import figure_png, pyplot
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     crits = list(results["criteria"])
     pairs = results["criteria"]["overall"]["pairs"]
     n_pairs = max(1, len(pairs))
@@ -390,15 +388,7 @@ def winrate_chart(results: dict[str, Any], path: str | Path | None = None) -> by
         fig.legend(handles, ["A wins", "tie / both bad", "B wins"][: len(handles)], loc="upper right",
                    ncol=3, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    data = buf.getvalue()
-    if path is not None:
-        from instructengine.runs import atomic_write_bytes
-
-        atomic_write_bytes(Path(path), data)
-    return data
+    return figure_png(fig, path)
 
 
 def _csv_cell(v: Any) -> Any:

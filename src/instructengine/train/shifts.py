@@ -136,15 +136,9 @@ def format_shifts(df: pd.DataFrame) -> str:
 def plot_shifts(df: pd.DataFrame, path: str | Path) -> Path:
     """Two bar charts side by side, one bar per model: the preferred images' error shift relative to
     the reference (displacement, %) and the share of samples with both image triples right (%)."""
-    import io
+    from instructengine.plots import figure_png, pyplot
 
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    from instructengine.runs import atomic_write_bytes
-
+    plt = pyplot()
     names = list(df.model)
     fig, axes = plt.subplots(1, 2, figsize=(10, 0.45 * len(names) + 1.4), sharey=True)
     rel = 100 * df.shift_matched_rel.to_numpy()
@@ -155,7 +149,5 @@ def plot_shifts(df: pd.DataFrame, path: str | Path) -> Path:
     axes[1].set_xlabel("samples with both image triples right (%)")
     axes[0].invert_yaxis()
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return atomic_write_bytes(Path(path), buf.getvalue())
+    figure_png(fig, path)
+    return Path(path)
