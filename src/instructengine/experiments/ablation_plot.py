@@ -33,7 +33,8 @@ def difference_rows(summary: dict[str, dict[str, Any]], contrasts: dict[str, dic
 def plot_differences(rows: list[dict[str, Any]], metric: str, title: str, path: str | Path | None = None,
                      unit: str = "points") -> bytes:
     """A forest plot of ``rows`` (see :func:`difference_rows`): a dot per difference, its 95% interval
-    as a bar, the zero line; intervals that exclude 0 drawn dark. Returns PNG bytes (written to ``path``)."""
+    as a bar, the zero line; intervals that exclude 0 in colour, the others grey. Returns PNG bytes
+    (written to ``path``)."""
     plt = pyplot()
     n = max(len(rows), 1)
     fig, ax = plt.subplots(figsize=(7.5, 0.42 * n + 1.3))
