@@ -294,18 +294,11 @@ def _html_table(header: list[str], rows: list[list[Any]]) -> str:
 # --------------------------------------------------------------------------------------------- charts + grid
 
 
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    return buf.getvalue()
-
-
 def make_charts(data: ReportData) -> dict[str, bytes]:
     """Bar charts as PNG bytes: metrics (with CIs), relative change vs base, per-category Average."""
-    import matplotlib
+    from instructengine.plots import figure_png, pyplot
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     charts: dict[str, bytes] = {}
     n = len(data.metrics)
@@ -332,8 +325,7 @@ def make_charts(data: ReportData) -> dict[str, bytes]:
         ax.axis("off")
     fig.suptitle(f"{data.benchmark}: means with {_conf_pct(data)}% bootstrap intervals", fontsize=11)
     fig.tight_layout()
-    charts["metrics"] = _png(fig)
-    plt.close(fig)
+    charts["metrics"] = figure_png(fig, bbox_inches="tight")
 
     others = [m for m in data.models if m != data.base]
     if others:
@@ -347,8 +339,7 @@ def make_charts(data: ReportData) -> dict[str, bytes]:
         ax.set_ylabel(f"% change vs {data.base}")
         ax.legend(fontsize=8)
         fig.tight_layout()
-        charts["relative"] = _png(fig)
-        plt.close(fig)
+        charts["relative"] = figure_png(fig, bbox_inches="tight")
 
     metric = AVERAGE if AVERAGE in data.metrics else data.metrics[0]
     cats = list(data.categories[metric])
@@ -365,8 +356,7 @@ def make_charts(data: ReportData) -> dict[str, bytes]:
     ax.set_title(f"{_label(metric)} per category", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    charts["categories"] = _png(fig)
-    plt.close(fig)
+    charts["categories"] = figure_png(fig, bbox_inches="tight")
     return charts
 
 
