@@ -137,11 +137,9 @@ def subset_indices(tcfg_of: Any, sizes: list[int], include_all: bool = True) -> 
 def plot_data_efficiency(points: list[dict[str, Any]], base: dict[str, Any], metric: str, out_png: Path,
                          binary: bool = True) -> Path:
     """The figure: metric vs size per curve (95% interval bars), the base as a dashed line (its band shaded)."""
-    import matplotlib
+    from instructengine.plots import figure_png, pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     scale = 100.0 if binary else 1.0
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     curves = list(dict.fromkeys(p["curve"] for p in points))
@@ -159,9 +157,7 @@ def plot_data_efficiency(points: list[dict[str, Any]], base: dict[str, Any], met
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png)
-    plt.close(fig)
+    figure_png(fig, out_png, dpi=120)
     return out_png
 
 

@@ -57,11 +57,9 @@ def funnel(run_dir: str | Path, dataset_folder: str) -> list[dict[str, Any]]:
 
 
 def _histogram(counts: Any, title: str, path: Path) -> None:
-    import matplotlib
+    from instructengine.plots import figure_png, pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     labels = [str(k) for k in counts.index]
     fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * len(labels) + 2), 3.2), dpi=100)
     ax.bar(range(len(labels)), counts.to_numpy(), color="#4C72B0")
@@ -72,10 +70,7 @@ def _histogram(counts: Any, title: str, path: Path) -> None:
     for i, v in enumerate(counts.to_numpy()):
         ax.text(i, v, str(int(v)), ha="center", va="bottom", fontsize=8)
     fig.tight_layout()
-    buf = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(buf, metadata={"Software": None})
-    plt.close(fig)
-    buf.replace(path)
+    figure_png(fig, path, dpi=100, metadata={"Software": None})
 
 
 def _fmt(v: Any) -> str:

@@ -100,11 +100,9 @@ def plot_training_curves(
         FileNotFoundError / ValueError: a missing or malformed metrics file, no run, or no arm with
             any of the metrics.
     """
-    import matplotlib
+    from instructengine.plots import figure_png, pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     if not isinstance(runs, Mapping):
         runs = {(_metrics_file(p).parent.name or str(p)): p for p in runs}
     if not runs:
@@ -134,8 +132,5 @@ def plot_training_curves(
     if title or smooth > 1:
         fig.suptitle((title or "") + (f" (moving average over {smooth} logged steps)" if smooth > 1 else ""))
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    figure_png(fig, out, dpi=100)
     return {m: d for m, d in drawn.items() if d}
