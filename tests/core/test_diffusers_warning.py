@@ -18,16 +18,13 @@ class _Records(logging.Handler):
 
 
 def test_casting_a_unet_prints_no_empty_float32_list() -> None:
-    from diffusers import UNet2DConditionModel
+    from instructengine.train.tiny import tiny_sd15_components
 
     logger = logging.getLogger("diffusers.models.modeling_utils")
     handler = _Records()
     logger.addHandler(handler)
     try:
-        unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16),
-                                    layers_per_block=1, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=16,
-                                    attention_head_dim=4, norm_num_groups=4)
+        unet = tiny_sd15_components(0)["unet"]  # the tiny SD1.5-layout U-Net the trainer tests use
         unet.to(dtype=torch.float32)
         unet.to("cpu", torch.bfloat16)
         assert unet.dtype == torch.bfloat16
