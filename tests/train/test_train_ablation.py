@@ -15,7 +15,9 @@ from instructengine.experiments.ablation import (
     AblationConfig,
     paired_bootstrap,
     random_pick_samples,
+    Arm,
     format_contrasts,
+    format_metric_differences,
     run_ablation,
     summarize_arms,
     summarize_contrasts,
@@ -96,6 +98,23 @@ def test_contrasts_by_hand_include_the_seed_term():
     out = summarize_contrasts({"a": [hits], "b": [miss]}, [("a", "b"), ("a", "c")], "exact", n_boot=200)
     assert list(out) == ["a - b"] and out["a - b"]["diff"] == pytest.approx(0.5)
     assert format_contrasts(out, "exact").splitlines()[2].startswith("| a - b | +50.0 [")
+
+
+def test_metric_differences_table_bolds_only_intervals_that_exclude_zero():
+    """Per-metric differences vs the base: a constant shift (interval = the shift) is bold, a
+    difference that is +1 on one prompt and -1 on the other (interval spans 0) is not."""
+    prompts = range(2)
+    base = pd.DataFrame({"prompt_index": prompts, "seed": 0, "exact": [0.0, 1.0], "palette": [0.0, 0.0],
+                         "score": [0.1, 0.5]})
+    arm = base.assign(exact=[1.0, 0.0], palette=[1.0, 1.0], score=base.score + 0.25)
+    summary = summarize_arms({"base": [base], "arm": [arm]}, "base", n_boot=400)
+    text = format_metric_differences(summary, [Arm(name="base", method=None), Arm(name="arm", method="cv_dpo")], "base")
+    lines = text.splitlines()
+    assert lines[0] == "| arm | exact | palette | score |" and len(lines) == 3  # the base has no row
+    exact, palette, score = lines[2].split(" | ")[1:]
+    assert exact.startswith("0.0 [-100.0, ") and not exact.startswith("**")  # resamples: -100, 0 or +100
+    assert palette == "**+100.0 [100.0, 100.0]**"
+    assert score == "**+0.250 [0.250, 0.250]** |"
 
 
 def test_contrast_config_names_the_bad_arm():
@@ -181,6 +200,7 @@ def test_ablation_end_to_end_and_resumable(tiny_root, tmp_path, caplog):
     assert contrast["diff"] == pytest.approx(means["cv"] - means["sft"]) and contrast["seeds"] == [2, 2]
     assert contrast["diff_ci95"][0] <= contrast["diff"] <= contrast["diff_ci95"][1]
     assert "## Differences between arms" in text and "| cv - sft | " in text
+    assert "## Every metric's difference vs base" in text and "\n| cv | " in text and "\n| sft | " in text
     assert (table.parent / "differences.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # second invocation: nothing is trained or evaluated again
     stamp = {p: p.stat().st_mtime for p in runs.rglob("manifest.json")}

@@ -411,6 +411,24 @@ def format_table(summary: dict[str, dict[str, Any]], arms: list[Arm], base_arm: 
     return "\n".join(lines) + "\n"
 
 
+def format_metric_differences(summary: dict[str, dict[str, Any]], arms: list[Arm], base_arm: str) -> str:
+    """Every metric's paired difference from ``base_arm`` with its 95% interval, one row per trained arm;
+    **bold** where the interval excludes 0 (where an arm moved the model, even if the main metric did not)."""
+    metrics = list(dict.fromkeys(m for a in arms for m in summary.get(a.name, {})))
+    lines = ["| arm | " + " | ".join(metrics) + " |", "|" + "---|" * (len(metrics) + 1)]
+    for arm in arms:
+        s = summary.get(arm.name, {})
+        if arm.name == base_arm or not s:
+            continue
+        cells = []
+        for m in metrics:
+            text = _fmt(s.get(m), "diff", "diff_ci95")
+            lo, hi = s[m]["diff_ci95"] if text != "-" else (0.0, 0.0)
+            cells.append(f"**{text}**" if lo > 0 or hi < 0 else text)
+        lines.append(f"| {arm.name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 # ----------------------------------------------------------------------------------------------
 # the runner
 # ----------------------------------------------------------------------------------------------
@@ -592,6 +610,9 @@ def run_ablation(cfg: AblationConfig) -> Path:
         sel = cfg.selection
         note += (f"\n## Selection on validation prompts ({sel.prompts!r} x image seeds {sel.seeds}; one training "
                  f"seed, {sel.train_seed})\n\n" + format_selection(selection_log, chosen, sel.metric))
+    if any(a.name != cfg.base_arm and summary.get(a.name) for a in cfg.arms):
+        note += (f"\n## Every metric's difference vs {cfg.base_arm} (95% CI; bold: the interval excludes 0)\n\n"
+                 + format_metric_differences(summary, cfg.arms, cfg.base_arm))
     contrasts = summarize_contrasts(scores, cfg.contrasts, main_metric, cfg.bootstrap)
     if contrasts:
         note += "\n## Differences between arms\n\n" + format_contrasts(contrasts, main_metric)
