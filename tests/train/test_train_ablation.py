@@ -222,6 +222,10 @@ def test_ablation_end_to_end_and_resumable(tiny_root, tmp_path, caplog):
     with caplog.at_level("INFO", logger="instructengine.experiments.ablation"):
         run_ablation(other.model_copy(update={"name": "mini3", "test_seeds": [5]}))
     assert "evaluated base on test.csv: 6 images" in [r.getMessage() for r in caplog.records]
+    # the same ablation asked for other image seeds refuses its cached scores instead of reusing them
+    with pytest.raises(ValueError, match=r"\.parquet: cached scores have image seeds \[0, 1, 2\], "
+                                         r"this config asks for \[7\]; delete the file"):
+        run_ablation(cfg.model_copy(update={"test_seeds": [7], "selection": None}))
 
 
 def test_ablation_config_errors_name_the_arm(tiny_root, tmp_path):

@@ -452,13 +452,23 @@ def _base_cache_path(cfg: AblationConfig, tcfg: Any, prompts: str, seeds: list[i
     return Path(cfg.run_dir) / "ablation" / "_shared_base_scores" / f"{key}.parquet"
 
 
+def _cached_scores(cache: Path, seeds: list[int]) -> pd.DataFrame:
+    """Scores on disk, refused when they were made with other image seeds than these."""
+    df = pd.read_parquet(cache)
+    found = sorted(int(x) for x in pd.unique(df["seed"])) if "seed" in df.columns else []
+    if found != sorted(int(x) for x in seeds):
+        raise ValueError(f"{cache}: cached scores have image seeds {found}, this config asks for {sorted(seeds)}; "
+                         "delete the file or give the ablation another name")
+    return df
+
+
 def _evaluate(cfg: AblationConfig, tcfg: Any, trained: Any, name: str, prompts: str, seeds: list[int],
               root: Path) -> pd.DataFrame:
     """Scores of one model (``trained``: a TrainResult, or None for the base weights), cached on disk;
     the base model's scores are also shared between the ablations of one ``run_dir``."""
     cache = root / "scores" / f"{name}.parquet"
     if cache.is_file():
-        return pd.read_parquet(cache)
+        return _cached_scores(cache, seeds)
     shared = _base_cache_path(cfg, tcfg, prompts, seeds) if trained is None else None
     if shared is not None and shared.is_file():
         df = pd.read_parquet(shared)
@@ -491,7 +501,7 @@ def _train_and_evaluate(cfg: AblationConfig, tcfg: Any, root: Path, eval_name: s
 
     cache = root / "scores" / f"{eval_name}.parquet"
     if cache.is_file():
-        return pd.read_parquet(cache), 0.0
+        return _cached_scores(cache, seeds), 0.0
     log.info("training %s (%s, max_steps %s)", tcfg.output_name, tcfg.method, tcfg.max_steps)
     t0 = time.perf_counter()
     result = run_training(tcfg)
