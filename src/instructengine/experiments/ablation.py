@@ -423,7 +423,7 @@ def format_metric_differences(summary: dict[str, dict[str, Any]], arms: list[Arm
         cells = []
         for m in metrics:
             text = _fmt(s.get(m), "diff", "diff_ci95")
-            lo, hi = s[m]["diff_ci95"] if text != "-" else (0.0, 0.0)
+            lo, hi = s[m]["diff_ci95"] if "diff_ci95" in s.get(m, {}) else (0.0, 0.0)
             cells.append(f"**{text}**" if lo > 0 or hi < 0 else text)
         lines.append(f"| {arm.name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
