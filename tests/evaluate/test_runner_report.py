@@ -94,6 +94,32 @@ def test_eval_writes_the_storage_contract_and_resumes(tmp_path):
         evaluate(cfg3, log=logs.append)
 
 
+def test_per_prompt_noise_gives_each_prompt_its_own_noise(tmp_path):
+    import hashlib
+
+    one = [{"name": "base", "kind": "eval_fakes:make_colour_generator"}]
+    (tmp_path / "s").mkdir()
+    (tmp_path / "p").mkdir()
+    shared = evaluate(_config(tmp_path / "s", models=one), log=lambda s: None)["base"]
+    own = evaluate(_config(tmp_path / "p", models=one, noise="per_prompt"), log=lambda s: None)["base"]
+
+    def green(folder, name):  # the colour generator's green channel is its noise alone (prompts tint red or blue)
+        return np.asarray(Image.open(folder / f"images/{name}.png"))[..., 1]
+
+    # shared: image seed 1 is the same noise for every prompt; per prompt: not
+    assert np.array_equal(green(shared, "0_1"), green(shared, "4_1"))
+    assert not np.array_equal(green(own, "0_1"), green(own, "4_1"))
+    assert not np.array_equal(green(own, "4_0"), green(own, "4_1"))
+    # the documented seed: the first 31 bits (little-endian) of sha256("<prompt_index>/<seed>")
+    seed = int.from_bytes(hashlib.sha256(b"4/1").digest()[:4], "little") & 0x7FFFFFFF
+    want = (np.clip(np.random.default_rng(seed).uniform(0.2, 0.6, (32, 32, 3)), 0, 1) * 255).astype(np.uint8)
+    assert np.array_equal(green(own, "4_1"), want[..., 1])
+    assert json.loads((own / "generation.json").read_text())["noise"] == "per_prompt"
+    # a folder made with one noise is not topped up with the other
+    with pytest.raises(ValueError, match=r"other settings \(changed: \['noise'\]\)"):
+        evaluate(_config(tmp_path / "s", models=one, noise="per_prompt"), log=lambda s: None)
+
+
 def test_resume_after_a_lost_image_regenerates_only_it(tmp_path):
     cfg = _config(tmp_path, models=[{"name": "base", "kind": "eval_fakes:make_colour_generator"}])
     folder = evaluate(cfg, log=lambda s: None)["base"]

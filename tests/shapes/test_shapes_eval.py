@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -109,3 +112,30 @@ def test_ablation_harness_evaluator_on_shapes(tmp_path):
     assert {"exact", "count", "colour"} <= set(df.columns) and df["exact"].isin([0.0, 1.0]).all()
     again = harness_evaluator(cfg, tcfg, None, "base-val", tmp_path / "run", str(csv), [3, 4])  # reused from disk
     assert again.equals(df)
+
+
+def test_ablation_scores_remember_their_noise(tmp_path):
+    """Scores made with shared noise are not reused for a per-prompt-noise config, and the two key the shared
+    base scores apart."""
+    from instructengine.experiments.ablation import AblationConfig, run_ablation
+
+    csv = tmp_path / "test.csv"
+    csv.write_text("prompt,category\ntwo small red circles,counting\na large blue square,colours\n")
+    data = {
+        "name": "t", "run_dir": str(tmp_path), "train": {"model": {"kind": "shapes"}}, "arms": [{"name": "base", "method": None}],
+        "evaluation": {"generator": {"kind": "shapes_model", "num_inference_steps": 2, "torch_threads": 1},
+                       "scorers": ["shapes_oracle"]},
+        "test_prompts": str(csv), "test_seeds": [0], "main_metric": "exact", "bootstrap": 100}
+    run_ablation(validate_config(AblationConfig, data))
+    shared = pd.read_parquet(tmp_path / "ablation" / "t" / "scores" / "base.parquet")
+    assert shared["noise"].tolist() == ["shared", "shared"]
+    per_prompt = {**data, "evaluation": {**data["evaluation"], "noise": "per_prompt"}}
+    with pytest.raises(ValueError, match=r"base\.parquet: cached scores were made with noise \['shared'\], "
+                                         r"this config asks for 'per_prompt'; delete the file"):
+        run_ablation(validate_config(AblationConfig, per_prompt))
+    run_ablation(validate_config(AblationConfig, {**per_prompt, "name": "t2"}))  # not the shared base scores
+    own = pd.read_parquet(tmp_path / "ablation" / "t2" / "scores" / "base.parquet")
+    assert own["noise"].tolist() == ["per_prompt", "per_prompt"]
+    assert len(list((tmp_path / "ablation" / "_shared_base_scores").glob("*.parquet"))) == 2
+    gen = json.loads((tmp_path / "ablation" / "t2" / "eval" / "base" / "test" / "generation.json").read_text())
+    assert gen["noise"] == "per_prompt"

@@ -77,6 +77,9 @@ class EvalConfig(Config):
     images_per_prompt: int = Field(1, ge=1, description="K images per prompt (seeds seed..seed+K-1 unless `seeds` is set)")
     seed: int = Field(0, description="first seed")
     seeds: list[int] | None = Field(None, description="explicit seed list (overrides images_per_prompt and seed)")
+    noise: Literal["shared", "per_prompt"] = Field(
+        "shared", description="initial noise: 'shared' (image seed s is the same noise for every prompt) or 'per_prompt' "
+        "(each prompt and image seed has its own, instructengine.generation.noise_seed)")
     batch_size: int = Field(4, ge=1, description="images per generation batch")
     score_batch_size: int = Field(16, ge=1, description="images per scoring batch (decoded once for all scorers)")
     scorers: list[ScorerSpec] = Field(default_factory=lambda: [ScorerSpec(kind=n) for n in PAPER_METRICS], description="scorers to run; a bare name is a scorer kind with default options")

@@ -36,7 +36,7 @@ import numpy as np
 
 from instructengine.evaluate.benchmarks import PromptSet, load_benchmark
 from instructengine.evaluate.config import EvalConfig, ModelSpec, ScorerSpec
-from instructengine.generation import build_generator, png_bytes, seeds_for
+from instructengine.generation import build_generator, noise_seed, png_bytes, seeds_for
 from instructengine.progress import Progress
 from instructengine.scorers.base import Scorer, ScorerContext, build_scorer, columns_of, score_columns
 from instructengine.evaluate.stats import bootstrap_mean, per_prompt_means
@@ -178,7 +178,10 @@ def _generate(spec: ModelSpec, ps: PromptSet, seeds: list[int], stage: StageDir,
 
     procs = procs or _Processes(cfg.device)
     folder = stage.root
-    settings_hash = _hash(spec.model_dump(mode="json"))
+    settings = spec.model_dump(mode="json")
+    if cfg.noise != "shared":  # only a non-default noise enters the hash: folders made before the option stay valid
+        settings["noise"] = cfg.noise
+    settings_hash = _hash(settings)
     gen_path = folder / "generation.json"
     items = [(pid, prompt, seed) for pid, prompt in zip(ps.ids, ps.prompts) for seed in seeds]
     manifest.count_in = len(items)
@@ -204,14 +207,15 @@ def _generate(spec: ModelSpec, ps: PromptSet, seeds: list[int], stage: StageDir,
                 describe = generator.describe() if hasattr(generator, "describe") else {"class": type(generator).__name__}
                 atomic_write_json(gen_path, {
                     "model": spec.model_dump(mode="json"), "generator": describe, "settings_hash": settings_hash,
-                    "benchmark": ps.name, "seeds": seeds, "images_per_prompt": len(seeds), "batch_size": cfg.batch_size,
+                    "benchmark": ps.name, "seeds": seeds, "noise": cfg.noise, "images_per_prompt": len(seeds),
+                    "batch_size": cfg.batch_size,
                     "device": cfg.device, "processes": procs.n, "created_at": manifest.started_at,
                     "versions": manifest.versions,
                 })
             with Ledger(folder / _ledger_name(procs.rank)) as ledger, \
                     Progress(f"generate {spec.name}", len(mine), unit="image", disable=not procs.main) as bar:
                 for batch in _chunks(mine, cfg.batch_size):
-                    out = generator.generate([b[1] for b in batch], [b[2] for b in batch])
+                    out = generator.generate([b[1] for b in batch], [noise_seed(cfg.noise, b[0], b[2]) for b in batch])
                     images, flags = out.images, out.flagged
                     if len(images) != len(batch):
                         raise ValueError(f"{spec.name}: generator returned {len(images)} images for {len(batch)} prompts")
@@ -257,6 +261,8 @@ def _pending(spec: ModelSpec, folder: Path, gen_path: Path, settings_hash: str, 
         old = json.loads(gen_path.read_text())
         if old.get("settings_hash") != settings_hash:
             changed = sorted(k for k, v in spec.model_dump(mode="json").items() if old.get("model", {}).get(k) != v)
+            if old.get("noise", "shared") != cfg.noise:
+                changed.append("noise")
             raise ValueError(
                 f"{str(folder)!r} holds images generated with other settings (changed: {changed}); "
                 "give the model another name or delete that folder"

@@ -89,6 +89,9 @@ class Evaluation(Config):
     score_batch_size: int = Field(32, ge=1, description="images per scoring batch")
     device: str = Field("cpu", description="torch device of generation and scoring")
     scorer_dtype: Literal["float32", "float16", "bfloat16"] = Field("float32", description="dtype of the scorer models")
+    noise: Literal["shared", "per_prompt"] = Field(
+        "shared", description="initial noise (EvalConfig.noise): 'shared' gives every prompt the same noise per image "
+        "seed, so one image seed is one draw; 'per_prompt' gives each (prompt, image seed) its own")
 
 
 class Selection(Config):
@@ -241,10 +244,12 @@ def harness_evaluator(cfg: AblationConfig, tcfg: Any, unet: Path | None, name: s
         "run_dir": str(run_dir), "benchmark": _benchmark(prompts), "seeds": list(seeds),
         "batch_size": ev.batch_size, "score_batch_size": ev.score_batch_size, "device": ev.device,
         "scorer_dtype": ev.scorer_dtype, "scorers": [s.model_dump(mode="json") for s in ev.scorers],
-        "models": [model], "report": {"after_eval": False},
+        "models": [model], "report": {"after_eval": False}, "noise": ev.noise,
     }, f"ablation {cfg.name!r} evaluation of {name!r}")
     folders = evaluate(ecfg, log=lambda s: None)
-    return pd.read_parquet(Path(folders[name]) / "scores.parquet")
+    df = pd.read_parquet(Path(folders[name]) / "scores.parquet")
+    df["noise"] = ev.noise  # a text column: not a metric; lets a cached file be checked against the config
+    return df
 
 
 # ----------------------------------------------------------------------------------------------
@@ -445,21 +450,43 @@ def _base_cache_path(cfg: AblationConfig, tcfg: Any, prompts: str, seeds: list[i
     payload = {
         "model": tcfg.model.model_dump(mode="json"), "prompts": prompts, "seeds": [int(s) for s in seeds],
         "prompt_file_sha1": hashlib.sha1(prompt_file.read_bytes()).hexdigest() if prompt_file.is_file() else None,
-        "evaluation": cfg.evaluation.model_dump(mode="json") if cfg.evaluation else None,
+        "evaluation": _evaluation_key(cfg),
         "evaluator": cfg.evaluator, "evaluator_kwargs": cfg.evaluator_kwargs,
     }
     key = hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return Path(cfg.run_dir) / "ablation" / "_shared_base_scores" / f"{key}.parquet"
 
 
-def _cached_scores(cache: Path, seeds: list[int]) -> pd.DataFrame:
-    """Scores on disk, refused when they were made with other image seeds than these."""
+def _evaluation_key(cfg: AblationConfig) -> dict[str, Any] | None:
+    """The evaluation settings that key the shared base scores. The default noise is left out, so keys made
+    before the `noise` option existed still match."""
+    if cfg.evaluation is None:
+        return None
+    ev = cfg.evaluation.model_dump(mode="json")
+    if ev.get("noise") == "shared":
+        ev.pop("noise")
+    return ev
+
+
+def _cached_scores(cache: Path, seeds: list[int], noise: str | None = None) -> pd.DataFrame:
+    """Scores on disk, refused when they were made with other image seeds (or, for the harness, another
+    ``noise``; files without a noise column were made with shared noise) than these."""
     df = pd.read_parquet(cache)
     found = sorted(int(x) for x in pd.unique(df["seed"])) if "seed" in df.columns else []
     if found != sorted(int(x) for x in seeds):
         raise ValueError(f"{cache}: cached scores have image seeds {found}, this config asks for {sorted(seeds)}; "
                          "delete the file or give the ablation another name")
+    if noise is not None:
+        made = sorted(pd.unique(df["noise"])) if "noise" in df.columns else ["shared"]
+        if made != [noise]:
+            raise ValueError(f"{cache}: cached scores were made with noise {made}, this config asks for {noise!r}; "
+                             "delete the file or give the ablation another name")
     return df
+
+
+def _noise(cfg: AblationConfig) -> str | None:
+    """The harness's noise setting (None with a custom evaluator, which is given seeds only)."""
+    return cfg.evaluation.noise if cfg.evaluator is None and cfg.evaluation is not None else None
 
 
 def _evaluate(cfg: AblationConfig, tcfg: Any, trained: Any, name: str, prompts: str, seeds: list[int],
@@ -468,7 +495,7 @@ def _evaluate(cfg: AblationConfig, tcfg: Any, trained: Any, name: str, prompts: 
     the base model's scores are also shared between the ablations of one ``run_dir``."""
     cache = root / "scores" / f"{name}.parquet"
     if cache.is_file():
-        return _cached_scores(cache, seeds)
+        return _cached_scores(cache, seeds, _noise(cfg))
     shared = _base_cache_path(cfg, tcfg, prompts, seeds) if trained is None else None
     if shared is not None and shared.is_file():
         df = pd.read_parquet(shared)
@@ -501,7 +528,7 @@ def _train_and_evaluate(cfg: AblationConfig, tcfg: Any, root: Path, eval_name: s
 
     cache = root / "scores" / f"{eval_name}.parquet"
     if cache.is_file():
-        return _cached_scores(cache, seeds), 0.0
+        return _cached_scores(cache, seeds, _noise(cfg)), 0.0
     log.info("training %s (%s, max_steps %s)", tcfg.output_name, tcfg.method, tcfg.max_steps)
     t0 = time.perf_counter()
     result = run_training(tcfg)

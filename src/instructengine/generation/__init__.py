@@ -15,9 +15,10 @@ from instructengine.generation.base import (
     GeneratorConfig,
     ImageGenerator,
     build_generator,
+    noise_seed,
     png_bytes,
     seeds_for,
     text_noise,
 )
 
-__all__ = ["Generated", "GeneratorConfig", "ImageGenerator", "build_generator", "png_bytes", "seeds_for", "text_noise"]
+__all__ = ["Generated", "GeneratorConfig", "ImageGenerator", "build_generator", "noise_seed", "png_bytes", "seeds_for", "text_noise"]

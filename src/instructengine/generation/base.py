@@ -37,6 +37,7 @@ __all__ = [
     "TEXT_NOISE_SEED_OFFSET",
     "build_generator",
     "check_call",
+    "noise_seed",
     "png_bytes",
     "seeds_for",
     "text_noise",
@@ -201,6 +202,22 @@ def png_bytes(image: Any) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def noise_seed(noise: str, prompt_index: Any, seed: int) -> int:
+    """The generator seed of image ``seed`` of prompt ``prompt_index``.
+
+    ``shared``: ``seed`` itself, so image seed s starts every prompt from the same noise (the usual benchmark
+    habit; one image seed is then one noise draw shared by all prompts). ``per_prompt``: the first 31 bits of
+    sha256("<prompt_index>/<seed>"), so every (prompt, image seed) has its own noise and 750 prompts give 750
+    independent noise draws.
+    """
+    if noise == "shared":
+        return int(seed)
+    if noise == "per_prompt":
+        digest = hashlib.sha256(f"{prompt_index}/{int(seed)}".encode()).digest()
+        return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+    raise ValueError(f"noise {noise!r} is not one of 'shared', 'per_prompt'")
 
 
 def seeds_for(images_per_prompt: int, seed: int, seeds: Sequence[int] | None) -> list[int]:
