@@ -21,4 +21,7 @@ from instructengine.generation.base import (
     text_noise,
 )
 
-__all__ = ["Generated", "GeneratorConfig", "ImageGenerator", "build_generator", "noise_seed", "png_bytes", "seeds_for", "text_noise"]
+__all__ = [
+    "Generated", "GeneratorConfig", "ImageGenerator", "build_generator", "noise_seed", "png_bytes", "seeds_for",
+    "text_noise",
+]
